@@ -1,0 +1,31 @@
+# The two set-up commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Tests: parallel workers (each simulates 8 CPU devices; see tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	# torch is pinned to the CPU wheel (test extra); install it first so nothing pulls CUDA wheels.
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mirage_jax.demo --out outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 tests
+
+bench: $(STAMP)
+	$(PY) experiments/bench_memory.py --out experiments/results/bench_memory_cpu.json
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

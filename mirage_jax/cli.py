@@ -1,0 +1,32 @@
+"""The ``mirage-jax`` command: ``mirage-jax <subcommand> [args]``.
+
+Each subcommand lives in its own module with a ``main(argv)`` function; this file only
+dispatches, so importing the CLI does not import jax, torch or tensorflow-datasets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("mirage_jax.demo", "real-data geometry check on the Middlebury stereo pair"),
+    "convert": ("mirage_jax.convert.cli", "convert diffusers / Wan checkpoints to orbax"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        lines = [f"  {name:10s} {doc}" for name, (_, doc) in SUBCOMMANDS.items()]
+        print("usage: mirage-jax <subcommand> [args]\n\nsubcommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown subcommand {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

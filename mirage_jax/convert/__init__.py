@@ -1,0 +1,1 @@
+"""Checkpoint conversion (diffusers / original Wan naming <-> mirage_jax NNX state)."""

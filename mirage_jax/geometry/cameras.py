@@ -1,0 +1,214 @@
+"""Pinhole cameras and rigid poses.
+
+All functions take and return channels-last arrays and work on leading batch dimensions.
+Poses are camera-to-world [..., 4, 4] in OpenCV axes (x right, y down, z forward).
+Intrinsics are [..., 3, 3] in pixels of the image they belong to.
+
+The JAX functions here are pure and jit/vmap/grad friendly. The ``check_*`` functions are
+host-side validators (NumPy) for use at the edges, where bad input must raise an error that
+names the argument (and, for files, the file and line).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+Convention = Literal["reference", "centred"]
+CONVENTIONS = ("reference", "centred")
+
+# Right-multiplying an OpenGL/Blender camera-to-world by this flips the camera's y and z axes,
+# giving OpenCV axes; the matrix is its own inverse.
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
+
+
+class CameraError(ValueError):
+    """Raised for malformed cameras: wrong shapes, non-finite values, bad rotations, zero focal."""
+
+
+# --------------------------------------------------------------------------------------------
+# Host-side validation (NumPy): use at the edges, never inside jit.
+# --------------------------------------------------------------------------------------------
+
+
+def check_intrinsics(K, name: str = "intrinsics") -> np.ndarray:
+    """Validates intrinsics [..., 3, 3] (pixels) and returns them as float32 NumPy.
+
+    Raises CameraError naming ``name`` for a wrong shape, non-finite entries, a zero or negative
+    focal length, or a last row other than (0, 0, 1).
+    """
+    K = np.asarray(K)
+    if K.ndim < 2 or K.shape[-2:] != (3, 3):
+        raise CameraError(f"{name}: expected shape [..., 3, 3], got {K.shape}")
+    if not np.issubdtype(K.dtype, np.number):
+        raise CameraError(f"{name}: expected a numeric dtype, got {K.dtype}")
+    K = K.astype(np.float32)
+    if not np.all(np.isfinite(K)):
+        raise CameraError(f"{name}: contains non-finite values")
+    if np.any(K[..., 0, 0] <= 0) or np.any(K[..., 1, 1] <= 0):
+        raise CameraError(
+            f"{name}: focal lengths must be positive, got fx={K[..., 0, 0].ravel()[:4]}, "
+            f"fy={K[..., 1, 1].ravel()[:4]}"
+        )
+    if not np.allclose(K[..., 2, :], [0.0, 0.0, 1.0], atol=1e-6) or not np.allclose(
+        K[..., 1, 0], 0.0, atol=1e-6
+    ):
+        raise CameraError(f"{name}: not a pinhole matrix (last row must be [0, 0, 1], K[1,0] = 0)")
+    return K
+
+
+def check_pose(c2w, name: str = "cam2world", atol: float = 1e-4) -> np.ndarray:
+    """Validates rigid poses [..., 4, 4] (or [..., 3, 4]) and returns float32 [..., 4, 4].
+
+    Raises CameraError naming ``name`` for a wrong shape, non-finite values, a bottom row other
+    than (0, 0, 0, 1), or a rotation block that is not orthonormal with determinant +1 within
+    ``atol`` (a reflection such as an unconverted OpenGL matrix flipped once is caught here).
+    """
+    P = np.asarray(c2w)
+    if P.ndim < 2 or P.shape[-2:] not in ((4, 4), (3, 4)):
+        raise CameraError(f"{name}: expected shape [..., 4, 4] or [..., 3, 4], got {P.shape}")
+    if not np.issubdtype(P.dtype, np.number):
+        raise CameraError(f"{name}: expected a numeric dtype, got {P.dtype}")
+    P = P.astype(np.float64)
+    if not np.all(np.isfinite(P)):
+        raise CameraError(f"{name}: contains non-finite values")
+    if P.shape[-2:] == (3, 4):
+        bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), P.shape[:-2] + (1, 4))
+        P = np.concatenate([P, bottom], axis=-2)
+    elif not np.allclose(P[..., 3, :], [0.0, 0.0, 0.0, 1.0], atol=atol):
+        raise CameraError(f"{name}: bottom row must be [0, 0, 0, 1], got {P[..., 3, :].reshape(-1, 4)[0]}")
+    R = P[..., :3, :3]
+    err = np.abs(np.swapaxes(R, -1, -2) @ R - np.eye(3)).max(axis=(-1, -2))
+    det = np.linalg.det(R)
+    if np.any(err > atol):
+        i = int(np.argmax(err.reshape(-1)))
+        raise CameraError(
+            f"{name}: rotation is not orthonormal (max |R^T R - I| = {err.reshape(-1)[i]:.3g} at index {i})"
+        )
+    if np.any(det < 0):
+        i = int(np.argmin(det.reshape(-1)))
+        raise CameraError(f"{name}: rotation has determinant {det.reshape(-1)[i]:.3g} at index {i} (a reflection)")
+    return P.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure JAX functions.
+# --------------------------------------------------------------------------------------------
+
+
+def scale_intrinsics(K, image_hw, grid_hw, convention: Convention = "reference"):
+    """Rescales intrinsics [..., 3, 3] from an image of size image_hw to a grid of size grid_hw.
+
+    ``reference`` (Mirage's reference semantics, spec section 2): fx' = fx sx, cx' = cx sx,
+    fy' = fy sy, cy' = cy sy with sx = w / W, sy = h / H and no half-pixel correction, so grid
+    cell u corresponds to image x = u / sx.
+    ``centred`` (geometrically exact for cell centres): cx' = (cx + 0.5) sx - 0.5, likewise cy'.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    H, W = image_hw
+    h, w = grid_hw
+    sx = w / W
+    sy = h / H
+    K = jnp.asarray(K, jnp.float32)
+    fx = K[..., 0, 0] * sx
+    fy = K[..., 1, 1] * sy
+    skew = K[..., 0, 1] * sx
+    if convention == "reference":
+        cx = K[..., 0, 2] * sx
+        cy = K[..., 1, 2] * sy
+    else:
+        cx = (K[..., 0, 2] + 0.5) * sx - 0.5
+        cy = (K[..., 1, 2] + 0.5) * sy - 0.5
+    zero = jnp.zeros_like(fx)
+    one = jnp.ones_like(fx)
+    rows = [
+        jnp.stack([fx, skew, cx], axis=-1),
+        jnp.stack([zero, fy, cy], axis=-1),
+        jnp.stack([zero, zero, one], axis=-1),
+    ]
+    return jnp.stack(rows, axis=-2)
+
+
+def invert_pose(P):
+    """Inverts rigid transforms [..., 4, 4] exactly (R^T, -R^T t) rather than by a general inverse."""
+    P = jnp.asarray(P)
+    R = P[..., :3, :3]
+    t = P[..., :3, 3]
+    Rt = jnp.swapaxes(R, -1, -2)
+    t_inv = -jnp.einsum("...ij,...j->...i", Rt, t)
+    top = jnp.concatenate([Rt, t_inv[..., None]], axis=-1)
+    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], P.dtype), P.shape[:-2] + (1, 4))
+    return jnp.concatenate([top, bottom], axis=-2)
+
+
+def opengl_to_opencv(c2w_gl):
+    """OpenGL/Blender camera-to-world (x right, y up, z backward) -> OpenCV camera-to-world."""
+    return jnp.asarray(c2w_gl) @ jnp.asarray(OPENGL_TO_OPENCV, dtype=jnp.asarray(c2w_gl).dtype)
+
+
+def opencv_to_opengl(c2w_cv):
+    """OpenCV camera-to-world -> OpenGL/Blender camera-to-world (the same flip, its own inverse)."""
+    return jnp.asarray(c2w_cv) @ jnp.asarray(OPENGL_TO_OPENCV, dtype=jnp.asarray(c2w_cv).dtype)
+
+
+def look_at(eye, target, up=(0.0, -1.0, 0.0)):
+    """OpenCV camera-to-world [4, 4] at ``eye`` looking at ``target``.
+
+    ``up`` is the world direction that should appear up in the image; with OpenCV axes the
+    camera's y axis points down, so the default world up is -y (a y-down world, as in OpenCV).
+    """
+    eye = jnp.asarray(eye, jnp.float32)
+    target = jnp.asarray(target, jnp.float32)
+    up = jnp.asarray(up, jnp.float32)
+    z = target - eye
+    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    x = jnp.cross(z, up)
+    x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    y = jnp.cross(z, x)
+    R = jnp.stack([x, y, z], axis=-1)
+    top = jnp.concatenate([R, eye[..., None]], axis=-1)
+    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], jnp.float32), top.shape[:-2] + (1, 4))
+    return jnp.concatenate([top, bottom], axis=-2)
+
+
+def unproject_grid(depth, K, c2w):
+    """Back-projects every cell (u, v) of a depth grid [h, w] to world points [h, w, 3].
+
+    Cell (u, v) with integer indices maps to camera point ((u - cx) d / fx, (v - cy) d / fy, d)
+    (spec section 2, with K already scaled to the grid), then p = R X + t.
+    """
+    depth = jnp.asarray(depth, jnp.float32)
+    h, w = depth.shape[-2:]
+    K = jnp.asarray(K, jnp.float32)
+    c2w = jnp.asarray(c2w, jnp.float32)
+    u = jnp.arange(w, dtype=jnp.float32)[None, :]
+    v = jnp.arange(h, dtype=jnp.float32)[:, None]
+    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
+    cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
+    skew = K[..., 0, 1, None, None]
+    y = (v - cy) * depth / fy
+    x = ((u - cx) * depth - skew * y) / fx
+    X = jnp.stack([x, y, depth], axis=-1)
+    R = c2w[..., None, None, :3, :3]
+    t = c2w[..., None, None, :3, 3]
+    return jnp.einsum("...ij,...j->...i", R, X) + t
+
+
+def project_points(points, K, c2w):
+    """Projects world points [..., N, 3] into a camera; returns (uv [..., N, 2], z [..., N]).
+
+    uv are continuous pixel coordinates in the frame of ``K`` (u = fx X/Z + cx); z is the
+    camera-space depth. Points with z <= 0 get finite but meaningless uv: callers mask on z.
+    """
+    points = jnp.asarray(points, jnp.float32)
+    w2c = invert_pose(jnp.asarray(c2w, jnp.float32))
+    Xc = jnp.einsum("...ij,...nj->...ni", w2c[..., :3, :3], points) + w2c[..., None, :3, 3]
+    z = Xc[..., 2]
+    safe_z = jnp.where(jnp.abs(z) > 1e-12, z, 1e-12)
+    K = jnp.asarray(K, jnp.float32)
+    u = (K[..., 0, 0, None] * Xc[..., 0] + K[..., 0, 1, None] * Xc[..., 1]) / safe_z + K[..., 0, 2, None]
+    v = K[..., 1, 1, None] * Xc[..., 1] / safe_z + K[..., 1, 2, None]
+    return jnp.stack([u, v], axis=-1), z
