@@ -153,15 +153,24 @@ def convert(
 
 def export(target: Mapping[str, Array], rules: Sequence[Rule], what: str = "model") -> dict[str, Array]:
     """The inverse of :func:`convert`: flat target arrays -> flat source-named arrays."""
-    compiled = [(r._target_re(), r) for r in rules]
+    compiled = [(r._target_re(), r._source_re(), r) for r in rules]
     out: dict[str, Array] = {}
     unmapped = []
     for tkey, value in target.items():
-        m, rule = _first_match(tkey, compiled)
-        if m is None:
+        # The first rule whose target template matches AND whose rebuilt source key matches
+        # its own source pattern (a wide group such as {name} may match another rule's target).
+        rule, skey = None, None
+        for target_re, source_re, candidate in compiled:
+            m = target_re.fullmatch(tkey)
+            if m is None:
+                continue
+            key = candidate.source_key(m.groupdict())
+            if source_re.fullmatch(key):
+                rule, skey = candidate, key
+                break
+        if rule is None:
             unmapped.append(tkey)
             continue
-        skey = rule.source_key(m.groupdict())
         if skey in out:
             raise ConversionError(f"{what}: export maps two parameters to {skey}")
         out[skey] = rule.transform.inverse(np.asarray(value))

@@ -70,3 +70,13 @@ def test_two_sources_for_one_parameter_is_an_error():
     src["alias.0.bias"] = src["blocks.0.proj.bias"]
     with pytest.raises(ConversionError, match=r"filled twice \(1\)"):
         convert(src, rules, TARGET)
+
+
+def test_export_skips_a_rule_whose_rebuilt_key_does_not_match_its_source():
+    rules = [
+        Rule(r"attn\.(?P<name>to_q|to_k)\.bias", "attn.{name}.bias"),
+        Rule(r"attn\.to_out\.0\.bias", "attn.to_out.bias"),
+    ]
+    src = {"attn.to_q.bias": np.ones(2), "attn.to_out.0.bias": np.zeros(2)}
+    out = convert(src, rules, {"attn.to_q.bias": (2,), "attn.to_out.bias": (2,)})
+    assert set(export(out, rules)) == set(src)

@@ -1,0 +1,164 @@
+"""``mirage-jax convert``: diffusers / original Wan checkpoints -> orbax checkpoints.
+
+    mirage-jax convert --transformer DIR_OR_FILE [--vae PATH] --out ORBAX_DIR
+                       [--format auto|diffusers|wan] [--config JSON|PRESET] [--param-dtype float32]
+                       [--mesh 1,8 --rules fsdp] [--force]
+
+Writes ``ORBAX_DIR/transformer`` and/or ``ORBAX_DIR/vae`` (see :mod:`mirage_jax.checkpoint`),
+each with metadata ``{"kind": ..., "config": ..., "source": ..., "format": ...}`` so that
+``mirage_jax.convert.wan_dit.load_transformer(ORBAX_DIR / "transformer")`` rebuilds the model.
+With ``--mesh`` the weights are loaded sharded over the local devices (mesh axes
+``fsdp, tp``), never materialised whole on one device.
+
+Exit status: 0 on success; 2 for bad arguments; 1 when a conversion fails; 3 when a requested
+VAE could not be converted because the VAE converter is not available (the transformer is
+still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+PRESETS = ("wan22_ti2v_5b", "wan21_t2v_1_3b", "small", "tiny")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mirage-jax convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--transformer", help="diffusers transformer dir (or pipeline dir), original Wan DiT "
+                   "safetensors file / index / dir")
+    p.add_argument("--vae", help="VAE checkpoint: diffusers AutoencoderKLWan dir or original Wan .pth")
+    p.add_argument("--out", required=True, help="output directory (orbax checkpoints go in transformer/ and vae/)")
+    p.add_argument("--format", default="auto", choices=("auto", "diffusers", "wan"),
+                   help="checkpoint naming (auto: detected from the tensor names)")
+    p.add_argument("--config", help="DiT config for the original format when no config.json sits next to the "
+                   f"weights: a JSON file (original or diffusers keys) or a preset {PRESETS}")
+    p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="dtype of the stored parameters")
+    p.add_argument("--mesh", help="load sharded over a device mesh 'FSDP,TP' (e.g. 1,8); default: one device")
+    p.add_argument("--rules", default="fsdp", choices=("fsdp", "fsdp_tp"), help="sharding rules with --mesh")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    return p
+
+
+def _dit_config(arg: str | None):
+    from mirage_jax.models.wan.dit import WanDiTConfig
+
+    if arg is None:
+        return None
+    if arg in PRESETS:
+        return getattr(WanDiTConfig, arg)()
+    path = Path(arg)
+    if not path.exists():
+        raise ValueError(f"--config {arg!r} is neither a preset {PRESETS} nor an existing JSON file")
+    return json.loads(path.read_text())
+
+
+def _jsonable(config) -> dict:
+    if hasattr(config, "to_diffusers"):
+        return config.to_diffusers()
+    if dataclasses.is_dataclass(config):
+        return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    if isinstance(config, dict):
+        return config
+    return {"repr": repr(config)}
+
+
+def _convert_transformer(args, out: Path, mesh) -> None:
+    from mirage_jax import checkpoint as ckpt
+    from mirage_jax.convert import wan_dit
+    from mirage_jax.convert.safetensors_io import open_safetensors
+    from mirage_jax.models.wan.dit import WanRuntime
+
+    src = Path(args.transformer)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = wan_dit.detect_format(open_safetensors(wan_dit._transformer_dir(src)).keys())
+    runtime = WanRuntime(param_dtype=args.param_dtype)
+    t0 = time.perf_counter()
+    if fmt == "diffusers":
+        config, model = wan_dit.load_diffusers_transformer(src, runtime, mesh, args.rules)
+    else:
+        config, model = wan_dit.load_wan_original_transformer(src, _dit_config(args.config), runtime, mesh, args.rules)
+    t1 = time.perf_counter()
+    meta = {"kind": "wan_dit", "config": config.to_diffusers(), "source": str(src.absolute()), "format": fmt}
+    ckpt.save_model(out, model, metadata=meta, force=args.force)
+    from mirage_jax.models.wan.dit import count_params
+
+    print(f"transformer: {fmt} {src} -> {out} ({count_params(model):,} parameters, "
+          f"load {t1 - t0:.1f} s, save {time.perf_counter() - t1:.1f} s)")
+
+
+def _convert_vae(args, out: Path, mesh=None) -> bool:
+    try:
+        from mirage_jax.convert import wan_vae
+    except ImportError as e:
+        print(f"VAE NOT converted: the VAE converter (mirage_jax.convert.wan_vae) is not available ({e})",
+              file=sys.stderr)
+        return False
+    from mirage_jax import checkpoint as ckpt
+
+    src = Path(args.vae)
+    fmt = args.format
+    if fmt == "auto":
+        # The original release ships one file (.pth, or the same names as .safetensors);
+        # diffusers ships a directory.
+        fmt = "wan" if src.is_file() else "diffusers"
+    loader = getattr(wan_vae, "load_diffusers_vae" if fmt == "diffusers" else "load_wan_original_vae", None)
+    if loader is None:
+        print(f"VAE NOT converted: mirage_jax.convert.wan_vae has no loader for the {fmt!r} format", file=sys.stderr)
+        return False
+    import inspect
+
+    accepted = inspect.signature(loader).parameters
+    options = {"param_dtype": args.param_dtype, "mesh": mesh, "sharding_rules": args.rules}
+    kwargs = {k: v for k, v in options.items() if k in accepted and (v is not None or k != "mesh")}
+    t0 = time.perf_counter()
+    config, model = loader(src, **kwargs)
+    meta = {"kind": "wan_vae", "config": _jsonable(config), "source": str(src.absolute()), "format": fmt}
+    ckpt.save_model(out, model, metadata=meta, force=args.force)
+    print(f"vae: {fmt} {src} -> {out} ({time.perf_counter() - t0:.1f} s)")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.transformer and not args.vae:
+        print("mirage-jax convert: give --transformer and/or --vae", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    targets = ([out / "transformer"] if args.transformer else []) + ([out / "vae"] if args.vae else [])
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.force:
+        print(f"mirage-jax convert: {existing} exist; pass --force to overwrite", file=sys.stderr)
+        return 2
+    mesh = None
+    if args.mesh:
+        from mirage_jax.sharding import make_mesh
+
+        try:
+            shape = tuple(int(x) for x in args.mesh.split(","))
+            if len(shape) != 2:
+                raise ValueError
+        except ValueError:
+            print(f"mirage-jax convert: --mesh wants 'FSDP,TP', got {args.mesh!r}", file=sys.stderr)
+            return 2
+        mesh = make_mesh(shape, ("fsdp", "tp"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.transformer:
+            _convert_transformer(args, out / "transformer", mesh)
+        if args.vae and not _convert_vae(args, out / "vae", mesh):
+            return 3
+    except (ValueError, FileNotFoundError, NotImplementedError, OSError) as e:
+        print(f"mirage-jax convert: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
