@@ -6,19 +6,17 @@
 
 Writes ``ORBAX_DIR/transformer`` and/or ``ORBAX_DIR/vae`` (see :mod:`mirage_jax.checkpoint`),
 each with metadata ``{"kind": ..., "config": ..., "source": ..., "format": ...}`` so that
-``mirage_jax.convert.wan_dit.load_transformer(ORBAX_DIR / "transformer")`` rebuilds the model.
+``mirage_jax.convert.load_transformer(ORBAX_DIR / "transformer")`` and
+``mirage_jax.convert.load_vae(ORBAX_DIR / "vae")`` rebuild the models.
 With ``--mesh`` the weights are loaded sharded over the local devices (mesh axes
 ``fsdp, tp``), never materialised whole on one device.
 
-Exit status: 0 on success; 2 for bad arguments; 1 when a conversion fails; 3 when a requested
-VAE could not be converted because the VAE converter is not available (the transformer is
-still written).
+Exit status: 0 on success; 2 for bad arguments; 1 when a conversion fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -58,16 +56,6 @@ def _dit_config(arg: str | None):
     return json.loads(path.read_text())
 
 
-def _jsonable(config) -> dict:
-    if hasattr(config, "to_diffusers"):
-        return config.to_diffusers()
-    if dataclasses.is_dataclass(config):
-        return json.loads(json.dumps(dataclasses.asdict(config), default=list))
-    if isinstance(config, dict):
-        return config
-    return {"repr": repr(config)}
-
-
 def _convert_transformer(args, out: Path, mesh) -> None:
     from mirage_jax import checkpoint as ckpt
     from mirage_jax.convert import wan_dit
@@ -93,14 +81,9 @@ def _convert_transformer(args, out: Path, mesh) -> None:
           f"load {t1 - t0:.1f} s, save {time.perf_counter() - t1:.1f} s)")
 
 
-def _convert_vae(args, out: Path, mesh=None) -> bool:
-    try:
-        from mirage_jax.convert import wan_vae
-    except ImportError as e:
-        print(f"VAE NOT converted: the VAE converter (mirage_jax.convert.wan_vae) is not available ({e})",
-              file=sys.stderr)
-        return False
+def _convert_vae(args, out: Path, mesh=None) -> None:
     from mirage_jax import checkpoint as ckpt
+    from mirage_jax.convert import wan_vae
 
     src = Path(args.vae)
     fmt = args.format
@@ -108,21 +91,13 @@ def _convert_vae(args, out: Path, mesh=None) -> bool:
         # The original release ships one file (.pth, or the same names as .safetensors);
         # diffusers ships a directory.
         fmt = "wan" if src.is_file() else "diffusers"
-    loader = getattr(wan_vae, "load_diffusers_vae" if fmt == "diffusers" else "load_wan_original_vae", None)
-    if loader is None:
-        print(f"VAE NOT converted: mirage_jax.convert.wan_vae has no loader for the {fmt!r} format", file=sys.stderr)
-        return False
-    import inspect
-
-    accepted = inspect.signature(loader).parameters
-    options = {"param_dtype": args.param_dtype, "mesh": mesh, "sharding_rules": args.rules}
-    kwargs = {k: v for k, v in options.items() if k in accepted and (v is not None or k != "mesh")}
+    loader = wan_vae.load_diffusers_vae if fmt == "diffusers" else wan_vae.load_wan_original_vae
     t0 = time.perf_counter()
-    config, model = loader(src, **kwargs)
-    meta = {"kind": "wan_vae", "config": _jsonable(config), "source": str(src.absolute()), "format": fmt}
+    config, model = loader(src, param_dtype=args.param_dtype, mesh=mesh, sharding_rules=args.rules)
+    t1 = time.perf_counter()
+    meta = {"kind": "wan_vae", "config": config.to_diffusers(), "source": str(src.absolute()), "format": fmt}
     ckpt.save_model(out, model, metadata=meta, force=args.force)
-    print(f"vae: {fmt} {src} -> {out} ({time.perf_counter() - t0:.1f} s)")
-    return True
+    print(f"vae: {fmt} {src} -> {out} (load {t1 - t0:.1f} s, save {time.perf_counter() - t1:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.transformer:
             _convert_transformer(args, out / "transformer", mesh)
-        if args.vae and not _convert_vae(args, out / "vae", mesh):
-            return 3
+        if args.vae:
+            _convert_vae(args, out / "vae", mesh)
     except (ValueError, FileNotFoundError, NotImplementedError, OSError) as e:
         print(f"mirage-jax convert: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
