@@ -12,6 +12,7 @@ from mirage_jax.geometry.cameras import (  # noqa: F401
     opengl_to_opencv,
     project_points,
     scale_intrinsics,
+    transform_points,
     unproject_grid,
 )
 from mirage_jax.geometry.formats import (  # noqa: F401

@@ -133,12 +133,15 @@ def scale_intrinsics(K, image_hw, grid_hw, convention: Convention = "reference")
 
 
 def invert_pose(P):
-    """Inverts rigid transforms [..., 4, 4] exactly (R^T, -R^T t) rather than by a general inverse."""
+    """Inverts rigid transforms [..., 4, 4] exactly (R^T, -R^T t) rather than by a general inverse.
+
+    Elementwise arithmetic (no dot_general), like :func:`transform_points`.
+    """
     P = jnp.asarray(P)
     R = P[..., :3, :3]
     t = P[..., :3, 3]
     Rt = jnp.swapaxes(R, -1, -2)
-    t_inv = -jnp.einsum("...ij,...j->...i", Rt, t)
+    t_inv = -jnp.stack([Rt[..., i, 0] * t[..., 0] + Rt[..., i, 1] * t[..., 1] + Rt[..., i, 2] * t[..., 2] for i in range(3)], axis=-1)
     top = jnp.concatenate([Rt, t_inv[..., None]], axis=-1)
     bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], P.dtype), P.shape[:-2] + (1, 4))
     return jnp.concatenate([top, bottom], axis=-2)
@@ -174,11 +177,26 @@ def look_at(eye, target, up=(0.0, -1.0, 0.0)):
     return jnp.concatenate([top, bottom], axis=-2)
 
 
+def transform_points(P, x):
+    """``P[:3, :3] x + P[:3, 3]`` for rigid P [..., 4, 4] and points x [..., 3] (broadcasting).
+
+    Written as elementwise multiply-adds in a fixed order rather than a dot_general, so the
+    result is the same bits under jit, vmap and batching, and never runs at reduced (TF32)
+    matmul precision on GPUs.
+    """
+    cols = []
+    for i in range(3):
+        acc = P[..., i, 0] * x[..., 0] + P[..., i, 1] * x[..., 1] + P[..., i, 2] * x[..., 2]
+        cols.append(acc + P[..., i, 3])
+    return jnp.stack(cols, axis=-1)
+
+
 def unproject_grid(depth, K, c2w):
-    """Back-projects every cell (u, v) of a depth grid [h, w] to world points [h, w, 3].
+    """Back-projects every cell (u, v) of a depth grid [..., h, w] to world points [..., h, w, 3].
 
     Cell (u, v) with integer indices maps to camera point ((u - cx) d / fx, (v - cy) d / fy, d)
-    (spec section 2, with K already scaled to the grid), then p = R X + t.
+    (spec section 2, with K [..., 3, 3] already scaled to the grid; skew supported), then
+    p = R X + t with c2w [..., 4, 4].
     """
     depth = jnp.asarray(depth, jnp.float32)
     h, w = depth.shape[-2:]
@@ -192,20 +210,19 @@ def unproject_grid(depth, K, c2w):
     y = (v - cy) * depth / fy
     x = ((u - cx) * depth - skew * y) / fx
     X = jnp.stack([x, y, depth], axis=-1)
-    R = c2w[..., None, None, :3, :3]
-    t = c2w[..., None, None, :3, 3]
-    return jnp.einsum("...ij,...j->...i", R, X) + t
+    return transform_points(c2w[..., None, None, :, :], X)
 
 
 def project_points(points, K, c2w):
     """Projects world points [..., N, 3] into a camera; returns (uv [..., N, 2], z [..., N]).
 
-    uv are continuous pixel coordinates in the frame of ``K`` (u = fx X/Z + cx); z is the
-    camera-space depth. Points with z <= 0 get finite but meaningless uv: callers mask on z.
+    uv are continuous pixel coordinates in the frame of ``K`` [..., 3, 3] (u = fx X/Z + cx);
+    z is the camera-space depth. Points with z <= 0 get finite but meaningless uv: callers
+    mask on z.
     """
     points = jnp.asarray(points, jnp.float32)
     w2c = invert_pose(jnp.asarray(c2w, jnp.float32))
-    Xc = jnp.einsum("...ij,...nj->...ni", w2c[..., :3, :3], points) + w2c[..., None, :3, 3]
+    Xc = transform_points(w2c[..., None, :, :], points)
     z = Xc[..., 2]
     safe_z = jnp.where(jnp.abs(z) > 1e-12, z, 1e-12)
     K = jnp.asarray(K, jnp.float32)

@@ -37,9 +37,9 @@ Reference semantics (spec section 2), all reproduced exactly:
   order in which the device applies the updates. The memory's priority is recency (ring order),
   so on an exact depth tie **the most recently written point wins**.
 
-The rigid transforms and pinhole maps are the formulas of
-:func:`mirage_jax.geometry.cameras.unproject_grid` / :func:`~mirage_jax.geometry.cameras.project_points`
-written as explicit elementwise multiply-adds rather than ``einsum``: an einsum lowers to a
+The rigid transforms and pinhole maps are :func:`mirage_jax.geometry.cameras.unproject_grid` /
+:func:`~mirage_jax.geometry.cameras.project_points`, which are written as explicit elementwise
+multiply-adds rather than ``einsum``: an einsum lowers to a
 ``dot_general`` whose default precision is TF32/bf16 on GPU/TPU (enough to move a point to a
 neighbouring cell) and whose batched (vmapped) form rounds differently from the unbatched one,
 whereas elementwise arithmetic gives bit-identical results for ``read`` and ``read_many``, for a
@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirage_jax.geometry.cameras import invert_pose, scale_intrinsics
+from mirage_jax.geometry.cameras import project_points, scale_intrinsics, unproject_grid
 
 __all__ = [
     "DEPTH_RESIZES",
@@ -64,10 +64,7 @@ __all__ = [
     "cells_to_points",
     "nearest_indices",
     "project_to_cells",
-    "project_points_exact",
-    "rigid_transform",
     "round_half_even",
-    "unproject_cells",
     "resize_depth",
     "resize_mask_nearest",
     "zbuffer",
@@ -183,38 +180,6 @@ def resize_depth(depth, grid_hw, mode: str = "bilinear", exclude=None):
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def rigid_transform(P, x):
-    """``P[:3, :3] x + P[:3, 3]`` for P [..., 4, 4] and points x [..., 3] (broadcasting),
-    as elementwise multiply-adds in a fixed order (no dot_general)."""
-    cols = []
-    for i in range(3):
-        acc = P[..., i, 0] * x[..., 0] + P[..., i, 1] * x[..., 1] + P[..., i, 2] * x[..., 2]
-        cols.append(acc + P[..., i, 3])
-    return jnp.stack(cols, axis=-1)
-
-
-def unproject_cells(depth, grid_intrinsics, cam2world):
-    """World points f32[..., h, w, 3] of the cells of a grid depth f32[..., h, w].
-
-    The formula of :func:`mirage_jax.geometry.cameras.unproject_grid` (cell (u, v) ->
-    ``X = ((u - cx) d / fx, (v - cy) d / fy, d)`` with skew support, ``p = R X + t``), K already
-    scaled to the grid: grid_intrinsics [..., 3, 3], cam2world [..., 4, 4].
-    """
-    depth = jnp.asarray(depth, jnp.float32)
-    h, w = depth.shape[-2:]
-    K = jnp.asarray(grid_intrinsics, jnp.float32)
-    P = jnp.asarray(cam2world, jnp.float32)
-    u = jnp.arange(w, dtype=jnp.float32)[None, :]
-    v = jnp.arange(h, dtype=jnp.float32)[:, None]
-    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
-    cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
-    skew = K[..., 0, 1, None, None]
-    y = (v - cy) * depth / fy
-    x = ((u - cx) * depth - skew * y) / fx
-    X = jnp.stack([x, y, depth], axis=-1)
-    return rigid_transform(P[..., None, None, :, :], X)
-
-
 def cells_to_points(depth, intrinsics, cam2world, image_hw, convention: str = "reference"):
     """Back-projects grid cells to world points.
 
@@ -229,23 +194,7 @@ def cells_to_points(depth, intrinsics, cam2world, image_hw, convention: str = "r
     """
     h, w = depth.shape[-2:]
     Kg = scale_intrinsics(intrinsics, image_hw, (h, w), convention)
-    return unproject_cells(depth, Kg, cam2world)
-
-
-def project_points_exact(points, intrinsics, cam2world):
-    """The formula of :func:`mirage_jax.geometry.cameras.project_points` without dot_general.
-
-    points f32[N, 3] world, intrinsics f32[3, 3], cam2world f32[4, 4] ->
-    (uv f32[N, 2] continuous coordinates in the frame of K, z f32[N] camera depth).
-    """
-    w2c = invert_pose(jnp.asarray(cam2world, jnp.float32))
-    Xc = rigid_transform(w2c, jnp.asarray(points, jnp.float32))
-    z = Xc[..., 2]
-    safe_z = jnp.where(jnp.abs(z) > 1e-12, z, 1e-12)
-    K = jnp.asarray(intrinsics, jnp.float32)
-    u = (K[0, 0] * Xc[..., 0] + K[0, 1] * Xc[..., 1]) / safe_z + K[0, 2]
-    v = K[1, 1] * Xc[..., 1] / safe_z + K[1, 2]
-    return jnp.stack([u, v], axis=-1), z
+    return unproject_grid(depth, Kg, cam2world)
 
 
 def project_to_cells(points, valid, grid_intrinsics, cam2world, grid_hw):
@@ -263,7 +212,7 @@ def project_to_cells(points, valid, grid_intrinsics, cam2world, grid_hw):
       finite, z > 0, rounded cell in range).
     """
     h, w = grid_hw
-    uv, z = project_points_exact(points, grid_intrinsics, cam2world)
+    uv, z = project_points(points, grid_intrinsics, cam2world)
     u = round_half_even(uv[..., 0])
     v = round_half_even(uv[..., 1])
     inside = valid & (z > 0) & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)

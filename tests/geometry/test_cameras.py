@@ -225,3 +225,35 @@ def test_check_pose_errors_name_the_argument():
     with pytest.raises(CameraError, match=r"pose: bottom row"):
         cam.check_pose(bad, "pose")
     assert issubclass(CameraError, ValueError)
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+def test_transforms_match_float64_and_are_batch_invariant(seed):
+    """unproject_grid / project_points equal a float64 NumPy computation, batched or not."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[rng.uniform(5, 20), rng.uniform(-0.5, 0.5), rng.uniform(0, 10)],
+                  [0, rng.uniform(5, 20), rng.uniform(0, 8)], [0, 0, 1]], np.float32)
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    P = np.eye(4, dtype=np.float32)
+    P[:3, :3], P[:3, 3] = R, rng.normal(size=3)
+    depth = rng.uniform(0.5, 5.0, (6, 7)).astype(np.float32)
+    pts = jax.jit(cam.unproject_grid)(depth, K, P)
+    # float64 reference of the same formula
+    Kd, Pd = K.astype(np.float64), P.astype(np.float64)
+    v, u = np.mgrid[0:6, 0:7].astype(np.float64)
+    yy = (v - Kd[1, 2]) * depth / Kd[1, 1]
+    xx = ((u - Kd[0, 2]) * depth - Kd[0, 1] * yy) / Kd[0, 0]
+    ref = np.stack([xx, yy, depth], -1) @ Pd[:3, :3].T + Pd[:3, 3]
+    np.testing.assert_allclose(np.asarray(pts), ref, rtol=1e-5, atol=1e-5)
+    uv, zz = _project(np.asarray(pts).reshape(-1, 3), K, P)
+    np.testing.assert_allclose(np.asarray(zz), depth.ravel(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(uv), np.stack([u.ravel(), v.ravel()], -1), atol=1e-3)
+    Pb = np.stack([P, P, P])
+    batched = jax.jit(jax.vmap(cam.project_points, in_axes=(None, None, 0)))(np.asarray(pts).reshape(-1, 3), K, Pb)
+    np.testing.assert_allclose(np.asarray(batched[0][1]), np.asarray(uv), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(batched[1][2]), np.asarray(zz), rtol=1e-6, atol=1e-6)

@@ -1,30 +1,17 @@
-"""Exact voxel keys, lexicographic search, segmented sums; projection consistent with cameras."""
+"""Exact voxel keys, lexicographic search, segmented sums."""
 
 import jax
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-import memtest_lib as lib
-from mirage_jax.geometry import cameras
-from mirage_jax.memory import projection, voxels
+from mirage_jax.memory import voxels
 
 seeds = st.integers(0, 2**31 - 1)
 _search = jax.jit(voxels.lex_searchsorted)
 _sort = jax.jit(voxels.sort_keys)
 _segsum = jax.jit(voxels.segmented_cumsum)
 _dense = jax.jit(voxels.dense_voxel_ids)
-
-
-@jax.jit
-def _both_projections(depth, K, P, pts):
-    with jax.default_matmul_precision("highest"):
-        return (
-            projection.unproject_cells(depth, K, P),
-            cameras.unproject_grid(depth, K, P),
-            projection.project_points_exact(pts, K, P),
-            cameras.project_points(pts, K, P),
-        )
 
 
 @given(seed=seeds)
@@ -68,19 +55,3 @@ def test_dense_voxel_ids_match_numpy_unique(seed):
     assert int(idx.num) == len(uniq)
     np.testing.assert_array_equal(ids[ok], inv.ravel())
     assert (ids[~ok] == -1).all()
-
-
-@given(seed=seeds)
-def test_projection_agrees_with_geometry_cameras(seed):
-    """The dot-free transforms equal mirage_jax.geometry.cameras' einsum forms (to rounding)."""
-    rng = np.random.default_rng(seed)
-    K = lib.K_image(fx=rng.uniform(5, 20), cx=rng.uniform(0, 10))
-    K[0, 1] = rng.uniform(-0.5, 0.5)  # skew is supported by both
-    P = lib.random_pose(rng)
-    depth = rng.uniform(0.5, 5.0, (lib.h, lib.w)).astype(np.float32)
-    pts = rng.normal(size=(30, 3)).astype(np.float32) * 3
-    ours, ref, (uv, z), (uv_r, z_r) = _both_projections(depth, K, P, pts)
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
-    front = np.asarray(z_r) > 0.1
-    np.testing.assert_allclose(np.asarray(z), np.asarray(z_r), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(uv)[front], np.asarray(uv_r)[front], rtol=1e-4, atol=1e-3)
