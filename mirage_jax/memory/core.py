@@ -279,6 +279,14 @@ def _shape_dtype(x, name):
 def _check_memory(mem, name="mem"):
     if not isinstance(mem, LatentMemory):
         raise LatentMemoryError(f"{name}: expected a LatentMemory, got {type(mem).__name__}")
+    # A stacked batch of memories (leading axis on every leaf) is not one memory: the kernels
+    # would broadcast the per-memory scalars against the slots (an obscure error, or a wrong
+    # result when the sizes happen to line up). Under jax.vmap the leaves are per-memory.
+    if np.ndim(mem.points) != 2 or np.ndim(mem.cursor) != 0:
+        raise LatentMemoryError(
+            f"{name}: expected a single memory (points [N, 3]), got points of shape "
+            f"{list(np.shape(mem.points))}; for a batch of memories map over it with jax.vmap"
+        )
 
 
 _DEFAULT_CONFIG = MemoryConfig()

@@ -237,6 +237,15 @@ def test_identical_under_repeat_jit_vmap_and_scan():
     target = lib.pose(t=(0.1, 0.0, 0.0))
     reads = jax.vmap(lambda m: M.read(m, K, target, lib.IMAGE_HW, lib.LATENT_HW))(batched)
     assert tree_equal(stack([read(m, target) for m in singles]), reads)
+    # The same stacked batch passed without vmap is refused clearly (it used to broadcast the
+    # per-memory scalars against the slots: an obscure error, or garbage when sizes line up).
+    for call in (
+        lambda: M.read(batched, K, target, lib.IMAGE_HW, lib.LATENT_HW),
+        lambda: M.write(batched, lats[0], deps[0], K, poses[0]),
+        lambda: M.frustum_visible(batched, K, target, lib.IMAGE_HW),
+    ):
+        with pytest.raises(M.LatentMemoryError, match="single memory.*jax.vmap"):
+            call()
     # read_many == per-camera reads, with and without camera chunking; repeated runs agree.
     many = M.read_many(a, K, poses, lib.IMAGE_HW, lib.LATENT_HW)
     assert tree_equal(stack([read(a, p) for p in poses]), many)
