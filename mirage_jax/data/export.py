@@ -19,15 +19,17 @@ Outputs (spec section 8):
   depth with <= 0 meaning invalid, so non-finite depth (the ray-caster's sky at infinity)
   is written as 0; those pixels are also False in ``masks`` when the clip marks them as sky.
 * WorldScore-style instance (:func:`export_worldscore`): ``camera_data.json`` (Blender/OpenGL
-  camera-to-world, one focal length, via
+  camera-to-world, one focal length, principal point implied at (W / 2, H / 2), via
   :func:`mirage_jax.geometry.formats.write_worldscore_cameras`), ``frames/00000.png ...`` and
-  ``input_image.png`` (frame 0).
+  ``input_image.png`` (frame 0). A principal point at ((W - 1) / 2, (H - 1) / 2), as the
+  ray-caster writes it, is refused unless ``shift_principal_point=True`` (see there).
 * :func:`export_clip` writes both into one directory plus ``caption.txt`` (which the
   ``geometry_npz`` builder reads back as the caption).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -159,39 +161,69 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def export_worldscore(clip: Mapping[str, Any], out_dir: PathLike, *, scale: float = 1.0) -> dict[str, Path]:
+def export_worldscore(
+    clip: Mapping[str, Any],
+    out_dir: PathLike,
+    *,
+    scale: float = 1.0,
+    shift_principal_point: bool = False,
+) -> dict[str, Path]:
     """Writes a WorldScore-style instance directory; returns ``{"camera_data", "frames",
     "input_image"}`` paths.
 
     ``camera_data.json``: the clip's cameras. WorldScore stores one focal length (fx = fy, the
-    same in every frame) and no principal point (it is the image centre); cameras that do not
-    fit raise CameraError instead of being altered. A principal point at the centre in either
-    pixel convention is accepted ((W - 1) / 2 as the ray-caster writes it, or W / 2); it is
-    implicit in the file, and :func:`mirage_jax.geometry.formats.read_worldscore_cameras`
-    returns (W / 2, H / 2). ``frames/{i:05d}.png``: every frame; ``input_image.png``: frame 0.
+    same in every frame, within 1e-3 px) and no principal point: its consumers (and
+    :func:`mirage_jax.geometry.formats.read_worldscore_cameras`) put it at (W / 2, H / 2).
+    Cameras that do not fit raise CameraError instead of being altered.
+
+    The ray-caster (and any camera whose principal point is the exact image centre in the
+    pixel-centre convention) has (cx, cy) = ((W - 1) / 2, (H - 1) / 2): WorldScore cannot
+    express it, and the file would be read back half a pixel off. That also raises, unless the
+    caller opts in with ``shift_principal_point=True``: the principal point is then moved to
+    (W / 2, H / 2) for WorldScore, and the clip's exact intrinsics are written next to it in
+    the same file under the extra key ``"intrinsics_exact"`` (float [T, 3, 3] pixels,
+    pixel-centre convention; WorldScore ignores extra keys) so the shift is explicit.
+
+    ``frames/{i:05d}.png``: every frame; ``input_image.png``: frame 0.
     """
+    from mirage_jax.geometry.cameras import CameraError
     from mirage_jax.geometry.formats import write_worldscore_cameras
 
-    from mirage_jax.geometry.cameras import CameraError
-
+    tol = 1e-3
     c = as_clip(clip)
     H, W = c["frames"].shape[1:3]
-    K = c["intrinsics"]
-    # WorldScore has no principal point: it is "the image centre". Accept the centre in the
-    # pixel-centre convention ((W - 1) / 2, ours and the ray-caster's) or the pixel-corner one
-    # (W / 2, what formats.read_worldscore_cameras returns); anything else raises.
+    K = c["intrinsics"].astype(np.float64)
+    exact = K.copy()
+    shifted = False
     for axis, size, name in ((0, W, "cx"), (1, H, "cy")):
         p = K[:, axis, 2]
-        centred = np.all(np.abs(p - size / 2.0) <= 1e-3) or np.all(np.abs(p - (size - 1) / 2.0) <= 1e-3)
-        if not centred:
-            raise CameraError(
-                f"intrinsics: WorldScore has no principal point; {name} must be the image centre "
-                f"({(size - 1) / 2} or {size / 2}), got {p[:4].tolist()}"
-            )
+        if np.all(np.abs(p - size / 2.0) <= tol):
+            continue
+        if np.all(np.abs(p - (size - 1) / 2.0) <= tol):
+            if not shift_principal_point:
+                raise CameraError(
+                    f"intrinsics: {name} = {(size - 1) / 2} (the image centre in the pixel-centre convention) "
+                    f"cannot be expressed in WorldScore's camera_data.json, which implies {size / 2}; readers "
+                    "would be off by 0.5 px. Pass shift_principal_point=True to export with the principal "
+                    "point moved to (W / 2, H / 2) (the exact intrinsics are then stored as 'intrinsics_exact')"
+                )
+            K[:, axis, 2] = size / 2.0
+            shifted = True
+            continue
+        raise CameraError(
+            f"intrinsics: WorldScore has no principal point; {name} must be the image centre "
+            f"({size / 2}, or {(size - 1) / 2} with shift_principal_point=True), got {p[:4].tolist()}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cam_path = out / "camera_data.json"
-    write_worldscore_cameras(cam_path, c["cam2world"], K, (H, W), scale=scale, atol_px=0.5 + 1e-3)
+    write_worldscore_cameras(cam_path, c["cam2world"], K, (H, W), scale=scale, atol_px=tol)
+    if shifted:
+        data = json.loads(cam_path.read_text())
+        data["intrinsics_exact"] = exact.tolist()
+        tmp = cam_path.with_name(cam_path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, cam_path)
     frames_dir = out / "frames"
     for i, frame in enumerate(c["frames"]):
         _write_png(frames_dir / f"{i:05d}.png", frame)
@@ -201,9 +233,17 @@ def export_worldscore(clip: Mapping[str, Any], out_dir: PathLike, *, scale: floa
 
 
 def export_clip(
-    clip: Mapping[str, Any], out_dir: PathLike, *, geometry: bool = True, worldscore: bool = True
+    clip: Mapping[str, Any],
+    out_dir: PathLike,
+    *,
+    geometry: bool = True,
+    worldscore: bool = True,
+    shift_principal_point: bool = False,
 ) -> dict[str, Path]:
     """Writes ``geometry.npz`` and/or the WorldScore files plus ``caption.txt`` to ``out_dir``.
+
+    ``shift_principal_point`` is forwarded to :func:`export_worldscore` (needed for clips of the
+    ray-caster, whose principal point WorldScore cannot express exactly).
 
     Returns the written paths (keys ``geometry``, ``camera_data``, ``frames``, ``input_image``,
     ``caption``).
@@ -215,7 +255,7 @@ def export_clip(
     if geometry:
         paths["geometry"] = export_geometry_npz(c, out / "geometry.npz")
     if worldscore:
-        paths.update(export_worldscore(c, out))
+        paths.update(export_worldscore(c, out, shift_principal_point=shift_principal_point))
     caption_path = out / "caption.txt"
     caption_path.write_text(c["caption"] + "\n" if c["caption"] else "")
     paths["caption"] = caption_path

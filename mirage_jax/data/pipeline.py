@@ -437,7 +437,8 @@ def make_dataset(
       shard_options: which part of the data this process reads (default: one shard per JAX
         process, ``grain.sharding.ShardByJaxProcess``).
       mesh, spec: when given, every batch is placed on ``mesh`` as global ``jax.Array``s
-        sharded by ``spec`` along the batch axis (:func:`put_on_mesh`).
+        [batch_size, ...] sharded by ``spec`` along the batch axis (:func:`put_on_mesh`);
+        the shard count must then be ``jax.process_count()`` or 1.
 
     Returns a ``grain.IterDataset``; ``iter()`` it (or use :func:`make_iterator`) for a
     checkpointable ``grain.DatasetIterator``.
@@ -451,6 +452,14 @@ def make_dataset(
             f"batch_size={cfg.batch_size} (global) is not divisible by the shard count {shard.shard_count}"
         )
     local_batch = cfg.batch_size // shard.shard_count
+    if mesh is not None:
+        import jax
+
+        if shard.shard_count not in (1, jax.process_count()):
+            raise ValueError(
+                f"placing batches on a mesh needs one shard per process (shard_count = "
+                f"jax.process_count() = {jax.process_count()}) or one shard for all (1); got {shard.shard_count}"
+            )
     ds = grain.MapDataset.source(source)
     ds = shard_dataset(ds, shard)
     if len(ds) == 0:
@@ -487,7 +496,7 @@ def make_dataset(
             grain.MultiprocessingOptions(num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size)
         )
     if mesh is not None:
-        it_ds = it_ds.map(_PutOnMesh(mesh, spec))
+        it_ds = it_ds.map(_PutOnMesh(mesh, spec, num_batch_shards=shard.shard_count))
     return it_ds
 
 
@@ -509,17 +518,34 @@ def default_batch_spec(mesh):
     return PartitionSpec(axes if len(axes) > 1 else axes[0])
 
 
-def put_on_mesh(batch: Any, mesh, spec=None) -> Any:
+def put_on_mesh(batch: Any, mesh, spec=None, *, num_batch_shards: int | None = None) -> Any:
     """Places a per-process batch on ``mesh`` as global ``jax.Array``s.
 
-    Every numeric/bool leaf [B_local, ...] becomes a global array [B_local * process_count, ...]
-    sharded by ``spec`` (a ``PartitionSpec`` for the leading axes; default
-    :func:`default_batch_spec`) via ``jax.make_array_from_process_local_data``. String leaves
-    (scene ids, captions) stay host NumPy arrays of this process's examples.
+    Every numeric/bool leaf [B_local, ...] becomes a global array [B_local * num_batch_shards,
+    ...] sharded by ``spec`` (a ``PartitionSpec`` for the leading axes; default
+    :func:`default_batch_spec`) via ``jax.make_array_from_process_local_data`` with that global
+    shape given explicitly. String leaves (scene ids, captions) stay host NumPy arrays of this
+    process's examples.
+
+    Args:
+      num_batch_shards: how many processes hold distinct slices of the batch:
+        ``jax.process_count()`` (None, the default: each process read its own shard, as
+        :func:`make_dataset` does by default) or 1 (every process holds the same, whole
+        global batch and keeps the rows its devices need).
+
+    Raises ValueError when the mesh cannot hold the data that way, e.g. a spec whose batch
+    axes do not span the processes while every process holds different examples (inferring
+    the global shape would silently give a smaller batch with inconsistent replicas).
     """
     import jax
     from jax.sharding import NamedSharding
 
+    process_count = jax.process_count()
+    shards = process_count if num_batch_shards is None else int(num_batch_shards)
+    if shards not in (1, process_count):
+        raise ValueError(
+            f"put_on_mesh: num_batch_shards must be 1 or jax.process_count()={process_count}, got {num_batch_shards}"
+        )
     sharding = NamedSharding(mesh, spec if spec is not None else default_batch_spec(mesh))
     x64 = bool(jax.config.jax_enable_x64)
 
@@ -538,7 +564,16 @@ def put_on_mesh(batch: Any, mesh, spec=None) -> Any:
                         "and jax_enable_x64 is off; drop it with PipelineConfig.keys or enable x64"
                     )
             x = x.astype(narrow)
-        return jax.make_array_from_process_local_data(sharding, x)
+        if x.ndim == 0:
+            raise ValueError(f"put_on_mesh: {jax.tree_util.keystr(path)} has no batch axis (a scalar)")
+        global_shape = (x.shape[0] * shards,) + x.shape[1:]
+        try:
+            return jax.make_array_from_process_local_data(sharding, x, global_shape)
+        except ValueError as err:
+            raise ValueError(
+                f"put_on_mesh: {jax.tree_util.keystr(path)} [{x.shape[0]} local rows x {shards} process shard(s)] "
+                f"cannot be placed as {global_shape} with {sharding.spec} on mesh {dict(mesh.shape)}: {err}"
+            ) from err
 
     return jax.tree_util.tree_map_with_path(place, batch)
 
@@ -547,9 +582,10 @@ def put_on_mesh(batch: Any, mesh, spec=None) -> Any:
 class _PutOnMesh(grain.transforms.Map):
     mesh: Any
     spec: Any = None
+    num_batch_shards: int | None = None
 
     def map(self, batch):
-        return put_on_mesh(batch, self.mesh, self.spec)
+        return put_on_mesh(batch, self.mesh, self.spec, num_batch_shards=self.num_batch_shards)
 
 
 def iterator_state_to_bytes(iterator: grain.DatasetIterator) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,7 +24,7 @@ def clip(tiny_builder):
 
 
 def test_geometry_npz_round_trip(clip, tmp_path):
-    paths = E.export_clip(clip, tmp_path / "sample")
+    paths = E.export_clip(clip, tmp_path / "sample", shift_principal_point=True)
     g = formats.read_geometry_npz(paths["geometry"])
     T, H, W = clip["frames"].shape[:3]
     np.testing.assert_array_equal(g.frames, clip["frames"])
@@ -39,20 +41,37 @@ def test_geometry_npz_round_trip(clip, tmp_path):
 
 
 def test_worldscore_round_trip(clip, tmp_path):
-    paths = E.export_worldscore(clip, tmp_path / "ws")
-    cams = formats.read_worldscore_cameras(paths["camera_data"])
     T, H, W = clip["frames"].shape[:3]
+    # The ray-caster's principal point is ((W - 1) / 2, (H - 1) / 2): camera_data.json can only
+    # imply (W / 2, H / 2), so the half-pixel shift must be asked for explicitly.
+    np.testing.assert_array_equal(clip["intrinsics"][:, 0, 2], (W - 1) / 2)
+    with pytest.raises(CameraError, match="shift_principal_point=True"):
+        E.export_worldscore(clip, tmp_path / "refused")
+    assert not (tmp_path / "refused" / "camera_data.json").exists()
+    with pytest.raises(CameraError, match="shift_principal_point=True"):
+        E.export_clip(clip, tmp_path / "refused_clip")
+    paths = E.export_worldscore(clip, tmp_path / "ws", shift_principal_point=True)
+    cams = formats.read_worldscore_cameras(paths["camera_data"])
     assert cams["image_hw"] == (H, W)
     np.testing.assert_allclose(cams["cam2world"], clip["cam2world"], atol=1e-6)
-    # One focal length is stored exactly; the principal point is implicit (the image centre),
-    # in the reader's pixel convention, i.e. within half a pixel of the clip's.
+    # One focal length is stored exactly; the principal point WorldScore implies is the centre
+    # in the pixel-corner convention, exactly half a pixel from the clip's ...
     np.testing.assert_allclose(cams["intrinsics"][:, :2, :2], clip["intrinsics"][:, :2, :2], rtol=1e-6)
-    np.testing.assert_allclose(cams["intrinsics"][:, :2, 2], clip["intrinsics"][:, :2, 2], atol=0.5 + 1e-4)
+    np.testing.assert_allclose(cams["intrinsics"][:, :2, 2], clip["intrinsics"][:, :2, 2] + 0.5, atol=1e-5)
+    # ... and the exact intrinsics travel in the same file.
+    data = json.loads(paths["camera_data"].read_text())
+    np.testing.assert_allclose(np.asarray(data["intrinsics_exact"]), clip["intrinsics"], rtol=0, atol=1e-6)
     pngs = sorted(paths["frames"].glob("*.png"))
     assert len(pngs) == T
     for i, p in enumerate(pngs):
         np.testing.assert_array_equal(np.asarray(Image.open(p)), clip["frames"][i])
     np.testing.assert_array_equal(np.asarray(Image.open(paths["input_image"])), clip["frames"][0])
+    # A principal point already at (W / 2, H / 2) is written as is: no shift, no extra key.
+    K = clip["intrinsics"].copy()
+    K[:, 0, 2], K[:, 1, 2] = W / 2, H / 2
+    exact = E.export_worldscore({**clip, "intrinsics": K}, tmp_path / "centred")
+    np.testing.assert_allclose(formats.read_worldscore_cameras(exact["camera_data"])["intrinsics"], K, atol=1e-6)
+    assert "intrinsics_exact" not in json.loads(exact["camera_data"].read_text())
 
 
 def test_builder_example_exports_and_reads_back_through_geometry_builder(tiny_source, tmp_path):
@@ -80,11 +99,18 @@ def test_export_errors(clip, tmp_path):
     no_depth = {k: v for k, v in clip.items() if k != "depth"}
     with pytest.raises(ValueError, match="needs 'depth'"):
         E.export_geometry_npz(no_depth, tmp_path / "b.npz")
-    E.export_worldscore(no_depth, tmp_path / "ok")  # cameras and frames only: fine without depth
+    E.export_worldscore(no_depth, tmp_path / "ok", shift_principal_point=True)  # fine without depth
     K = clip["intrinsics"].copy()
     K[:, 0, 2] += 3.0  # off-centre principal point: WorldScore cannot represent it
     with pytest.raises(CameraError, match="no principal point"):
-        E.export_worldscore({**clip, "intrinsics": K}, tmp_path / "c")
+        E.export_worldscore({**clip, "intrinsics": K}, tmp_path / "c", shift_principal_point=True)
+    # A focal length that differs between frames (or fx != fy) by less than half a pixel must
+    # not be rounded away either: WorldScore stores one focal length.
+    for i, j in ((0, 0), (1, 1)):
+        K = clip["intrinsics"].copy()
+        K[-1, i, j] += 0.25
+        with pytest.raises(CameraError, match="one focal length"):
+            E.export_worldscore({**clip, "intrinsics": K}, tmp_path / f"f{i}", shift_principal_point=True)
     with pytest.raises(ValueError, match="intrinsics must be"):
         E.as_clip({**clip, "intrinsics": K[:2]})
     assert E.keep_mask({"frames": clip["frames"]}) is None

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import socket
+import subprocess
 import sys
+import textwrap
 
 import grain
 import jax
@@ -233,3 +237,67 @@ def test_put_on_mesh_global_array(tiny_builder, tfds_data_dir):
     if not jax.config.jax_enable_x64:
         with pytest.raises(OverflowError, match="timestamps"):
             PL.put_on_mesh({"timestamps": np.full(8, 2**40, np.int64)}, mesh)
+
+
+_TWO_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    pid, port = int(sys.argv[1]), sys.argv[2]
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax, numpy as np
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+    from jax.sharding import Mesh, PartitionSpec as P
+    from mirage_jax.data.pipeline import put_on_mesh
+
+    devs = np.array(jax.devices()).reshape(2, 4)  # row p = the devices of process p
+    local = {"x": np.full((4, 3), pid, np.float32), "id": np.array([f"p{pid}"] * 4)}
+    # Batch axis over both processes: each process's 4 examples are its half of a batch of 8.
+    out = put_on_mesh(local, Mesh(devs, ("data", "model")), P(("data", "model")))
+    assert out["x"].shape == (8, 3), out["x"].shape
+    rows = sorted({float(s.data[0, 0]) for s in out["x"].addressable_shards})
+    assert rows == [float(pid)], rows  # this process's devices hold this process's examples
+    assert out["id"].shape == (4,)
+    # Batch axis within each process, "model" across them: different examples per process
+    # cannot be placed (inferring the shape would give a batch of 4 with diverging replicas).
+    bad = Mesh(devs.T, ("data", "model"))
+    try:
+        put_on_mesh(local, bad, P("data"))
+    except ValueError as err:
+        assert "cannot be placed" in str(err), err
+    else:
+        raise AssertionError("placed different per-process batches on a mesh whose batch axis is per process")
+    # ... but the same whole batch on every process can (num_batch_shards=1).
+    same = put_on_mesh({"x": np.arange(12, dtype=np.float32).reshape(4, 3)}, bad, P("data"), num_batch_shards=1)
+    assert same["x"].shape == (4, 3), same["x"].shape
+    print("OK", pid)
+    """
+)
+
+
+def test_put_on_mesh_two_processes(tmp_path):
+    """Two JAX processes (4 CPU devices each): the global batch shape is explicit, never inferred."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "two_process.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(i), str(port)], cwd=root, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"OK {i}" in out, out[-3000:]
+
+
+def test_make_dataset_mesh_needs_one_shard_per_process():
+    mesh = make_mesh((8,), ("data",))
+    with pytest.raises(ValueError, match="one shard per process"):
+        PL.make_dataset(
+            PL.PipelineConfig(batch_size=8, read_threads=0), source=[_long_clip(0)] * 4, mesh=mesh,
+            shard_options=grain.sharding.ShardOptions(shard_index=0, shard_count=2),
+        )
