@@ -69,6 +69,43 @@ def test_diffusers_round_trip_is_exact(ref, scan):
     _assert_same_state(export_state(model, "diffusers"), ref["state"])
 
 
+# diffusers' scripts/convert_wan_to_diffusers.py TRANSFORMER_KEYS_RENAME_DICT (T2V / TI2V part),
+# applied in order with str.replace as that script does.
+_DIFFUSERS_SCRIPT_RENAMES = (
+    ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
+    ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
+    ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
+    ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
+    ("time_projection.1", "condition_embedder.time_proj"),
+    ("head.modulation", "scale_shift_table"),
+    ("head.head", "proj_out"),
+    ("modulation", "scale_shift_table"),
+    ("ffn.0", "ffn.net.0.proj"),
+    ("ffn.2", "ffn.net.2"),
+    ("norm2", "norm__placeholder"),
+    ("norm3", "norm2"),
+    ("norm__placeholder", "norm3"),
+    ("self_attn.q", "attn1.to_q"),
+    ("self_attn.k", "attn1.to_k"),
+    ("self_attn.v", "attn1.to_v"),
+    ("self_attn.o", "attn1.to_out.0"),
+    ("self_attn.norm_q", "attn1.norm_q"),
+    ("self_attn.norm_k", "attn1.norm_k"),
+    ("cross_attn.q", "attn2.to_q"),
+    ("cross_attn.k", "attn2.to_k"),
+    ("cross_attn.v", "attn2.to_v"),
+    ("cross_attn.o", "attn2.to_out.0"),
+    ("cross_attn.norm_q", "attn2.norm_q"),
+    ("cross_attn.norm_k", "attn2.norm_k"),
+)
+
+
+def _diffusers_script_name(key: str) -> str:
+    for old, new in _DIFFUSERS_SCRIPT_RENAMES:
+        key = key.replace(old, new)
+    return key
+
+
 def test_original_naming_round_trip(ref, tmp_path):
     model = load_state_into(CFG, ref["state"])
     original = export_state(model, "wan")
@@ -79,6 +116,9 @@ def test_original_naming_round_trip(ref, tmp_path):
     np.testing.assert_array_equal(original["time_projection.1.bias"], ref["state"]["condition_embedder.time_proj.bias"])
     assert "blocks.0.norm2.weight" not in original and len(original) == len(ref["state"])
     assert detect_format(original) == "wan" and detect_format(ref["state"]) == "diffusers"
+    # Every original name, renamed the way diffusers' scripts/convert_wan_to_diffusers.py does
+    # (ordered substring replacements, norm2 <-> norm3 swapped), gives the diffusers name.
+    _assert_same_state({_diffusers_script_name(k): v for k, v in original.items()}, ref["state"])
 
     # Write it as a release would (file + original config.json) and load it back.
     path = save_wan_original_transformer(model, tmp_path / "wan" / "diffusion_pytorch_model.safetensors")
