@@ -13,12 +13,13 @@ Logical vocabulary used by the models: ``embed`` (model width), ``heads`` (heads
 ``mlp`` (FFN hidden), ``text_embed`` (text encoder width), ``freq`` (sinusoid width),
 ``conv_in`` / ``conv_out`` (convolution channels), ``latent`` (latent channels), ``lora``
 (LoRA rank), ``norm`` (norm scales), ``batch`` / ``seq`` (activations).
-A dimension whose size the mesh axis does not divide is replicated and reported by
-:func:`state_shardings` (``report=True``) instead of failing deep inside XLA.
+A dimension whose size the mesh axis does not divide is replicated (instead of failing deep
+inside XLA), with a logged warning; :func:`state_shardings` (``report=True``) returns the list.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -152,6 +153,11 @@ def state_shardings(state, mesh: Mesh, rules: str | Rules, report: bool = False)
         state,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
+    if notes and not report:
+        shown = "; ".join(f"{k}: {', '.join(v)}" for k, v in list(notes.items())[:5])
+        logging.warning(
+            "sharding: %d parameters keep a dimension replicated because the mesh axis does not divide it "
+            "(%s%s); pass report=True to get the full list", len(notes), shown, " ..." if len(notes) > 5 else "")
     return (out, notes) if report else out
 
 

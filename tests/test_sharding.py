@@ -83,3 +83,26 @@ def test_sharded_forward_equals_single_device(mesh):
     out = nnx.jit(lambda m, a, b, c: m(a, b, c))(sharded, xs, ts, cs)
     assert len(out.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_replicated_dimensions_are_reported_not_silent(caplog):
+    import logging
+
+    from flax import nnx as _nnx
+
+    from mirage_jax import sharding as S
+
+    class Odd(_nnx.Module):
+        def __init__(self, rngs):
+            init = _nnx.with_partitioning(_nnx.initializers.lecun_normal(), ("embed", "mlp"))
+            self.lin = _nnx.Linear(3, 6, kernel_init=init, rngs=rngs)
+
+    mesh = S.make_mesh((2, 4), ("fsdp", "tp"))
+    with _nnx.use_eager_sharding(False):
+        abstract = _nnx.eval_shape(lambda: Odd(_nnx.Rngs(0)))
+    state = _nnx.state(abstract)
+    _, notes = S.state_shardings(state, mesh, "fsdp_tp", report=True)
+    assert list(notes) == ["lin.kernel"] and len(notes["lin.kernel"]) == 2
+    with caplog.at_level(logging.WARNING):
+        S.state_shardings(state, mesh, "fsdp_tp")
+    assert "lin.kernel" in caplog.text and "replicated" in caplog.text
