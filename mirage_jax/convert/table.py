@@ -49,24 +49,6 @@ CONV = Transform(
 )
 
 
-def reshape(source_shape_fn: Callable[[tuple], tuple], target_shape_fn: Callable[[tuple], tuple], name="reshape"):
-    """A reshape transform given shape maps in both directions (e.g. squeezing size-1 dims)."""
-    return Transform(
-        name,
-        lambda x: x.reshape(target_shape_fn(x.shape)),
-        lambda x: x.reshape(source_shape_fn(x.shape)),
-    )
-
-
-def squeeze_to(target_ndim: int, source_shape: Callable[[tuple], tuple]) -> Transform:
-    """Drops size-1 dims of a source array (e.g. diffusers' [C, 1, 1, 1] RMS gammas) and back."""
-    return Transform(
-        f"squeeze{target_ndim}",
-        lambda x: x.reshape([d for d in x.shape if d != 1] if x.ndim > target_ndim else x.shape),
-        lambda x: x.reshape(source_shape(x.shape)),
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Rule:
     source: str  # regex over source keys with named groups, full match

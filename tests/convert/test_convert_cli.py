@@ -22,5 +22,5 @@ def test_convert_vae_to_orbax_and_back(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    # A DiT checkpoint is not a VAE: a clear error, not a silent mis-load.
+    # A missing VAE source is a reported failure (exit status 1), not a crash.
     assert cli.main(["--vae", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 1
