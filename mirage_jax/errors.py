@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["MirageError", "InputError", "FileFormatError", "ConfigError", "file_error"]
+__all__ = ["MirageError", "InputError", "FileFormatError", "ConfigError", "file_error", "check_hw"]
 
 
 class MirageError(ValueError):
@@ -42,3 +42,18 @@ def file_error(path: str | os.PathLike, what: str, *, line: int | None = None, k
     if key is not None:
         where += f" (key {key!r})"
     return cls(f"{where}: {what}")
+
+
+def check_hw(hw, name: str = "image_hw", cls: type[MirageError] = InputError) -> tuple[int, int]:
+    """``(height, width)`` of two positive Python / NumPy ints (bools and floats refused, so
+    ``(704.5, 1280)`` is not silently truncated) -> ``tuple[int, int]``; else ``cls`` naming ``name``."""
+    import numbers
+
+    ok = (
+        isinstance(hw, (tuple, list))
+        and len(hw) == 2
+        and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and int(x) > 0 for x in hw)
+    )
+    if not ok:
+        raise cls(f"{name}: expected (height, width) of two positive ints, got {hw!r}")
+    return int(hw[0]), int(hw[1])
