@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from mirage_jax.models.params import param
 from mirage_jax.models.wan import attention as attention_lib
 from mirage_jax.models.wan.rope import apply_rope
 
@@ -195,13 +196,6 @@ def gated_add(x: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # Small layers.
 # ----------------------------------------------------------------------------------------------
-
-
-def param(value: jax.Array, names: tuple[str | None, ...]) -> nnx.Param:
-    """An ``nnx.Param`` carrying logical axis names (see mirage_jax.sharding)."""
-    if len(names) != np.ndim(value):
-        raise ValueError(f"{len(names)} axis names {names} for a parameter of shape {np.shape(value)}")
-    return nnx.Param(value, out_sharding=tuple(names))
 
 
 class Dense(nnx.Module):
@@ -460,16 +454,15 @@ class WanBlock(nnx.Module):
         runtime = runtime or WanRuntime()
         self.eps = eps
         k_table, k_attn1, k_attn2, k_ffn = jax.random.split(rngs.params(), 4)
-        # Logical axis names are metadata here (sharding is applied by create_sharded / loaders),
-        # so the block can be built anywhere, e.g. by a control branch, without a mesh.
-        with nnx.use_eager_sharding(False):
-            self.scale_shift_table = param(
-                jax.random.normal(k_table, (1, 6, dim), runtime.param_dtype) * dim**-0.5, (None, None, "norm")
-            )
-            self.attn1 = WanAttention(dim, heads, eps, runtime, cross=False, key=k_attn1)
-            self.attn2 = WanAttention(dim, heads, eps, runtime, cross=True, key=k_attn2)
-            self.norm2 = LayerNorm(dim, eps, param_dtype=runtime.param_dtype) if cross_attn_norm else None
-            self.ffn = FeedForward(dim, ffn_dim, runtime, key=k_ffn)
+        # Parameters carry logical axis names as metadata only (models.params.param), so the
+        # block builds anywhere, e.g. in a control branch, with or without a mesh.
+        self.scale_shift_table = param(
+            jax.random.normal(k_table, (1, 6, dim), runtime.param_dtype) * dim**-0.5, (None, None, "norm")
+        )
+        self.attn1 = WanAttention(dim, heads, eps, runtime, cross=False, key=k_attn1)
+        self.attn2 = WanAttention(dim, heads, eps, runtime, cross=True, key=k_attn2)
+        self.norm2 = LayerNorm(dim, eps, param_dtype=runtime.param_dtype) if cross_attn_norm else None
+        self.ffn = FeedForward(dim, ffn_dim, runtime, key=k_ffn)
 
     def __call__(self, x: jax.Array, ctx: WanContext) -> jax.Array:
         if x.shape[1] != ctx.num_tokens:
