@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mirage_jax.errors import InputError
 
 Convention = Literal["reference", "centred"]
 CONVENTIONS = ("reference", "centred")
@@ -24,7 +27,7 @@ CONVENTIONS = ("reference", "centred")
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
 
 
-class CameraError(ValueError):
+class CameraError(InputError):
     """Raised for malformed cameras: wrong shapes, non-finite values, bad rotations, zero focal."""
 
 
@@ -44,9 +47,10 @@ def check_intrinsics(K, name: str = "intrinsics") -> np.ndarray:
         raise CameraError(f"{name}: expected shape [..., 3, 3], got {K.shape}")
     if not np.issubdtype(K.dtype, np.number):
         raise CameraError(f"{name}: expected a numeric dtype, got {K.dtype}")
-    K = K.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        K = K.astype(np.float32)
     if not np.all(np.isfinite(K)):
-        raise CameraError(f"{name}: contains non-finite values")
+        raise CameraError(f"{name}: contains non-finite values (in float32, the dtype returned)")
     if np.any(K[..., 0, 0] <= 0) or np.any(K[..., 1, 1] <= 0):
         raise CameraError(
             f"{name}: focal lengths must be positive, got fx={K[..., 0, 0].ravel()[:4]}, "
@@ -71,9 +75,12 @@ def check_pose(c2w, name: str = "cam2world", atol: float = 1e-4) -> np.ndarray:
         raise CameraError(f"{name}: expected shape [..., 4, 4] or [..., 3, 4], got {P.shape}")
     if not np.issubdtype(P.dtype, np.number):
         raise CameraError(f"{name}: expected a numeric dtype, got {P.dtype}")
+    # Finite in the float32 it is returned as (1e300 is finite in float64, inf in float32).
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite32 = np.all(np.isfinite(P.astype(np.float32)))
     P = P.astype(np.float64)
-    if not np.all(np.isfinite(P)):
-        raise CameraError(f"{name}: contains non-finite values")
+    if not finite32:
+        raise CameraError(f"{name}: contains non-finite values (in float32, the dtype returned)")
     if P.shape[-2:] == (3, 4):
         bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), P.shape[:-2] + (1, 4))
         P = np.concatenate([P, bottom], axis=-2)
@@ -132,19 +139,27 @@ def scale_intrinsics(K, image_hw, grid_hw, convention: Convention = "reference")
     return jnp.stack(rows, axis=-2)
 
 
+def _xp(*xs):
+    """NumPy for NumPy inputs (host-side code keeps its float64), else jax.numpy."""
+    return np if all(isinstance(x, (np.ndarray, np.generic)) for x in xs) else jnp
+
+
 def invert_pose(P):
     """Inverts rigid transforms [..., 4, 4] exactly (R^T, -R^T t) rather than by a general inverse.
 
-    Elementwise arithmetic (no dot_general), like :func:`transform_points`.
+    The one rigid inverse of the project: NumPy arrays in give NumPy arrays out (same dtype, so
+    host-side float64 code stays float64); anything else is computed with jax.numpy (jit/vmap
+    friendly). Elementwise arithmetic (no dot_general), like :func:`transform_points`.
     """
-    P = jnp.asarray(P)
+    xp = _xp(P)
+    P = xp.asarray(P)
     R = P[..., :3, :3]
     t = P[..., :3, 3]
-    Rt = jnp.swapaxes(R, -1, -2)
-    t_inv = -jnp.stack([Rt[..., i, 0] * t[..., 0] + Rt[..., i, 1] * t[..., 1] + Rt[..., i, 2] * t[..., 2] for i in range(3)], axis=-1)
-    top = jnp.concatenate([Rt, t_inv[..., None]], axis=-1)
-    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], P.dtype), P.shape[:-2] + (1, 4))
-    return jnp.concatenate([top, bottom], axis=-2)
+    Rt = xp.swapaxes(R, -1, -2)
+    t_inv = -xp.stack([Rt[..., i, 0] * t[..., 0] + Rt[..., i, 1] * t[..., 1] + Rt[..., i, 2] * t[..., 2] for i in range(3)], axis=-1)
+    top = xp.concatenate([Rt, t_inv[..., None]], axis=-1)
+    bottom = xp.broadcast_to(xp.asarray([0.0, 0.0, 0.0, 1.0], dtype=P.dtype), P.shape[:-2] + (1, 4))
+    return xp.concatenate([top, bottom], axis=-2)
 
 
 def opengl_to_opencv(c2w_gl):
@@ -158,23 +173,36 @@ def opencv_to_opengl(c2w_cv):
 
 
 def look_at(eye, target, up=(0.0, -1.0, 0.0)):
-    """OpenCV camera-to-world [4, 4] at ``eye`` looking at ``target``.
+    """OpenCV camera-to-world [..., 4, 4] at ``eye`` [..., 3] looking at ``target`` [..., 3].
 
     ``up`` is the world direction that should appear up in the image; with OpenCV axes the
     camera's y axis points down, so the default world up is -y (a y-down world, as in OpenCV).
+
+    NumPy ``eye`` and ``target`` give a NumPy result in float64 (host-side paths, see
+    :mod:`mirage_jax.geometry.trajectories`); otherwise float32 jax.numpy. Concrete inputs
+    raise CameraError when eye and target coincide or ``up`` is parallel to the viewing
+    direction; under jit (traced inputs) such cameras come out as NaN.
     """
-    eye = jnp.asarray(eye, jnp.float32)
-    target = jnp.asarray(target, jnp.float32)
-    up = jnp.asarray(up, jnp.float32)
+    xp = _xp(eye, target)
+    dtype = np.float64 if xp is np else jnp.float32
+    eye, target, up = (xp.asarray(a, dtype) for a in (eye, target, up))
     z = target - eye
-    z = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
-    x = jnp.cross(z, up)
-    x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-    y = jnp.cross(z, x)
-    R = jnp.stack([x, y, z], axis=-1)
-    top = jnp.concatenate([R, eye[..., None]], axis=-1)
-    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], jnp.float32), top.shape[:-2] + (1, 4))
-    return jnp.concatenate([top, bottom], axis=-2)
+    zn = xp.linalg.norm(z, axis=-1, keepdims=True)
+    if not isinstance(zn, jax.core.Tracer):
+        if np.any(np.asarray(zn) < 1e-12):
+            raise CameraError("look_at: eye and target coincide")
+    z = z / zn
+    x = xp.cross(z, up)
+    xn = xp.linalg.norm(x, axis=-1, keepdims=True)
+    if not isinstance(xn, jax.core.Tracer) and not isinstance(up, jax.core.Tracer):
+        if np.any(np.asarray(xn) < 1e-9 * np.linalg.norm(np.asarray(up), axis=-1, keepdims=True)):
+            raise CameraError("look_at: up is parallel to the viewing direction")
+    x = x / xn
+    y = xp.cross(z, x)
+    R = xp.stack([x, y, z], axis=-1)
+    top = xp.concatenate([R, eye[..., None]], axis=-1)
+    bottom = xp.broadcast_to(xp.asarray([0.0, 0.0, 0.0, 1.0], dtype), top.shape[:-2] + (1, 4))
+    return xp.concatenate([top, bottom], axis=-2)
 
 
 def transform_points(P, x):

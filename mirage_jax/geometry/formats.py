@@ -39,7 +39,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mirage_jax.geometry.cameras import OPENGL_TO_OPENCV, CameraError, check_intrinsics, check_pose
+from mirage_jax.errors import FileFormatError, MirageError, check_hw
+from mirage_jax.geometry.cameras import OPENGL_TO_OPENCV, CameraError, check_intrinsics, check_pose, invert_pose
 
 PathLike = str | os.PathLike
 
@@ -50,6 +51,7 @@ __all__ = [
     "denormalize_intrinsics",
     "normalize_intrinsics",
     "read_geometry_npz",
+    "read_npz_arrays",
     "read_re10k",
     "read_spatia",
     "read_transforms_json",
@@ -65,8 +67,15 @@ __all__ = [
 # with 6+ decimals are far inside it; an unconverted scale or a shear is far outside.
 _ROT_ATOL = 1e-4
 
+# Smallest focal length accepted from a file, as a fraction of the image size: a field of view
+# under 179 degrees (fx / W >= 1 / (2 tan(89.5 deg)) ~ 1 / 229). camera_angle_x near pi or a
+# focal length of 1e-14 px is a broken file, not a camera.
+_MIN_FOCAL_NORM = 0.5 / math.tan(math.radians(89.5))
+# Largest image side accepted from a file (int32 pixel indices).
+_MAX_SIDE = 2**31 - 1
 
-class FormatError(ValueError):
+
+class FormatError(FileFormatError):
     """A malformed camera / geometry file. The message starts with ``path[:line]``.
 
     Attributes: ``path`` (str), ``line`` (1-based line number or None), ``key`` (JSON field or
@@ -93,15 +102,26 @@ def _fmt(x: float, digits: int = 9) -> str:
     return format(float(x), f".{digits}g")
 
 
-def _rigid_inverse(P: np.ndarray) -> np.ndarray:
-    """Exact inverse of rigid transforms [..., 4, 4] (float64)."""
-    P = np.asarray(P, np.float64)
-    out = np.zeros_like(P)
-    Rt = np.swapaxes(P[..., :3, :3], -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, P[..., :3, 3])
-    out[..., 3, 3] = 1.0
+def _float32(x, path: PathLike, what: str, *, line: int | None = None, key: str | None = None) -> np.ndarray:
+    """``x`` as float32 (the dtype it is returned in), raising FormatError unless every value is
+    finite there: 1e300 is finite in float64 but inf in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(x, np.float64).astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise FormatError(path, f"{what}: values not finite in float32 (|x| > 3.4e38)", line=line, key=key)
     return out
+
+
+def _check_focal_norm(fx_norm: float, fy_norm: float, path: PathLike, *, line=None, key=None) -> None:
+    """Focal lengths relative to the image size must give a field of view under 179 degrees."""
+    if not (fx_norm >= _MIN_FOCAL_NORM and fy_norm >= _MIN_FOCAL_NORM):
+        raise FormatError(
+            path,
+            f"focal lengths fx/W={fx_norm:.3g}, fy/H={fy_norm:.3g} are below {_MIN_FOCAL_NORM:.4g} "
+            "(focal lengths must be positive and give a field of view under 179 degrees)",
+            line=line,
+            key=key,
+        )
 
 
 def _rotation_defects(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,15 +170,7 @@ def _as_intrinsics_argument(K, name: str, num_frames: int | None = None) -> np.n
 
 
 def _as_image_hw(image_hw, name: str = "image_hw") -> tuple[int, int]:
-    try:
-        vals = tuple(image_hw)
-        H, W = (int(v) for v in vals)
-        ok = all(float(v) == int(v) for v in vals)
-    except (TypeError, ValueError):
-        raise CameraError(f"{name}: expected (height, width) as two positive integers, got {image_hw!r}") from None
-    if not ok or H <= 0 or W <= 0:
-        raise CameraError(f"{name}: expected (height, width) as two positive integers, got {image_hw!r}")
-    return H, W
+    return check_hw(image_hw, name, cls=CameraError)
 
 
 def normalize_intrinsics(K, image_hw) -> np.ndarray:
@@ -338,9 +350,11 @@ def read_re10k(path: PathLike) -> Re10kCameras:
             ts = int(tokens[0])
         except ValueError:
             raise FormatError(path, f"column 1: timestamp is not an integer: {tokens[0]!r}", line=lineno) from None
+        if not -(2**63) <= ts < 2**63:
+            raise FormatError(path, f"column 1: timestamp {ts} does not fit in int64", line=lineno)
         v = _parse_numbers(tokens[1:], path, lineno, first_column=2)
-        if v[0] <= 0 or v[1] <= 0:
-            raise FormatError(path, f"focal lengths must be positive, got fx={v[0]}, fy={v[1]}", line=lineno)
+        n32 = _float32(v[:4], path, "intrinsics (columns 2-5)", line=lineno)
+        _check_focal_norm(float(n32[0]), float(n32[1]), path, line=lineno)
         if v[4] != 0.0 or v[5] != 0.0:
             raise FormatError(path, f"columns 6 and 7 must be 0, got {tokens[5]} {tokens[6]}", line=lineno)
         timestamps.append(ts)
@@ -354,7 +368,10 @@ def read_re10k(path: PathLike) -> Re10kCameras:
     w2c[:, :3, :] = v[:, 6:].reshape(-1, 3, 4)
     w2c[:, 3, 3] = 1.0
     _check_rotation_rows(w2c[:, :3, :3], path, line_numbers, "world-to-camera")
-    c2w = _rigid_inverse(w2c)
+    c2w = invert_pose(w2c)
+    for i, lineno in enumerate(line_numbers):
+        _float32(w2c[i], path, "world-to-camera matrix", line=lineno)
+        _float32(c2w[i], path, "camera-to-world (inverse of the row's matrix)", line=lineno)
     return Re10kCameras(
         url=url,
         timestamps=np.asarray(timestamps, np.int64),
@@ -367,7 +384,7 @@ def write_re10k(path: PathLike, cams: Re10kCameras) -> None:
     """Writes a RealEstate10K camera file (see :func:`read_re10k` for the format)."""
     if not isinstance(cams, Re10kCameras):
         raise CameraError(f"cams: expected Re10kCameras, got {type(cams).__name__}")
-    w2c = _rigid_inverse(cams.cam2world.astype(np.float64))
+    w2c = invert_pose(cams.cam2world.astype(np.float64))
     rows = [cams.url]
     for ts, n, m in zip(cams.timestamps, cams.intrinsics_norm, w2c):
         fields = [str(int(ts))] + [_fmt(x) for x in n] + ["0", "0"] + [_fmt(x, 12) for x in m[:3].reshape(-1)]
@@ -433,12 +450,16 @@ def read_spatia(
         m[: len(v) // 4] = v.reshape(-1, 4)
         if len(v) == 16 and not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
             raise FormatError(w2c_path, f"bottom row must be 0 0 0 1, got {m[3].tolist()}", line=lineno)
+        _float32(m, w2c_path, "world-to-camera matrix", line=lineno)
         mats.append(m)
         w2c_lines.append(lineno)
     if not mats:
         raise FormatError(w2c_path, "no matrices")
     w2c = np.stack(mats)
     _check_rotation_rows(w2c[:, :3, :3], w2c_path, w2c_lines, "world-to-camera")
+    c2w = invert_pose(w2c)
+    for i, lineno in enumerate(w2c_lines):
+        _float32(c2w[i], w2c_path, "camera-to-world (inverse of the line's matrix)", line=lineno)
 
     rows, intr_lines = [], []
     for lineno, raw in enumerate(_read_text(intr_path).splitlines(), start=1):
@@ -450,8 +471,8 @@ def read_spatia(
                 intr_path, f"expected 4 numbers (fx fy cx cy, normalised), got {len(tokens)}", line=lineno
             )
         v = _parse_numbers(tokens, intr_path, lineno)
-        if v[0] <= 0 or v[1] <= 0:
-            raise FormatError(intr_path, f"focal lengths must be positive, got fx={v[0]}, fy={v[1]}", line=lineno)
+        v32 = _float32(v, intr_path, "intrinsics", line=lineno)
+        _check_focal_norm(float(v32[0]), float(v32[1]), intr_path, line=lineno)
         rows.append(v)
         intr_lines.append(lineno)
     T = len(mats)
@@ -465,7 +486,7 @@ def read_spatia(
             f"has {len(rows)} intrinsics lines but {w2c_path.name} has {T} matrices "
             "(expected one line shared by all frames, or one per frame)",
         )
-    return intr.astype(np.float32), _rigid_inverse(w2c).astype(np.float32)
+    return intr.astype(np.float32), c2w.astype(np.float32)
 
 
 def write_spatia(
@@ -492,7 +513,7 @@ def write_spatia(
         raise CameraError(f"w2c_rows: expected 3 or 4, got {w2c_rows!r}")
     c2w = _as_pose_argument(cam2world, "cam2world")
     intr = _check_norm_intrinsics_argument(intrinsics_norm, "intrinsics_norm", c2w.shape[0])
-    w2c = _rigid_inverse(c2w)
+    w2c = invert_pose(c2w)
     d = Path(directory)
     w2c_lines = []
     for m in w2c:
@@ -525,21 +546,32 @@ def _load_json(path: Path) -> Any:
 def _json_number(value, path: Path, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FormatError(path, f"expected a number, got {value!r}", key=key)
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:
+        x = math.inf
     if not math.isfinite(x):
         raise FormatError(path, f"non-finite value {value!r}", key=key)
     return x
 
 
+def _json_numbers_only(value) -> bool:
+    """True if ``value`` is a number or nested lists of numbers (no bools, strings, nulls)."""
+    if isinstance(value, list):
+        return all(_json_numbers_only(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _json_matrix(value, path: Path, key: str, shapes=((4, 4), (3, 4))) -> np.ndarray:
+    if not _json_numbers_only(value):
+        raise FormatError(path, "expected a numeric matrix (nested lists of numbers)", key=key)
     try:
         m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FormatError(path, "expected a numeric matrix (nested lists)", key=key) from None
     if m.shape not in shapes:
         raise FormatError(path, f"expected a matrix of shape {' or '.join(map(str, shapes))}, got {m.shape}", key=key)
-    if not np.all(np.isfinite(m)):
-        raise FormatError(path, "contains non-finite values", key=key)
+    _float32(m, path, "matrix", key=key)
     if m.shape == (3, 4):
         m = np.concatenate([m, [[0.0, 0.0, 0.0, 1.0]]], axis=0)
     elif not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
@@ -612,27 +644,38 @@ def read_transforms_json(path: PathLike, image_hw=None) -> dict:
             if default_hw is None:
                 raise FormatError(path, "no image size (w, h) in the file; pass image_hw=(H, W)", key=where)
             h, w = (h if h is not None else default_hw[0]), (w if w is not None else default_hw[1])
-        if w <= 0 or h <= 0 or w != int(w) or h != int(h):
-            raise FormatError(path, f"image size must be positive integers, got w={w}, h={h}", key=where)
+        if not (0 < w <= _MAX_SIDE and 0 < h <= _MAX_SIDE) or w != int(w) or h != int(h):
+            raise FormatError(
+                path, f"image size must be positive integers below 2**31, got w={w}, h={h}", key=where
+            )
+
+        def from_angle(name, size):
+            angle = field(name)
+            if angle is None:
+                return None
+            if not 0 < angle < math.pi:
+                raise FormatError(path, f"{name} must be a field of view in (0, pi) radians, got {angle}", key=where)
+            return 0.5 * size / math.tan(0.5 * angle)
+
         fx, fy = field("fl_x"), field("fl_y")
         if fx is None:
-            ax = field("camera_angle_x")
-            if ax is None:
+            fx = from_angle("camera_angle_x", w)
+            if fx is None:
                 raise FormatError(path, "no focal length (fl_x or camera_angle_x)", key=where)
-            fx = 0.5 * w / math.tan(0.5 * ax)
         if fy is None:
-            ay = field("camera_angle_y")
-            fy = fx if ay is None else 0.5 * h / math.tan(0.5 * ay)
+            fy = from_angle("camera_angle_y", h)
+            fy = fx if fy is None else fy
         cx, cy = field("cx"), field("cy")
         cx = 0.5 * w if cx is None else cx
         cy = 0.5 * h if cy is None else cy
-        if fx <= 0 or fy <= 0:
-            raise FormatError(path, f"focal lengths must be positive, got fl_x={fx}, fl_y={fy}", key=where)
+        k32 = _float32([fx, fy, cx, cy], path, "intrinsics (fl_x, fl_y, cx, cy)", key=where)
+        _check_focal_norm(float(k32[0]) / w, float(k32[1]) / h, path, key=where)
         Ks.append([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         hws.append((int(h), int(w)))
         for k in _DISTORTION_KEYS:
             d = field(k)
             if d is not None:
+                _float32(d, path, f"distortion {k}", key=where)
                 distortion.setdefault(k, [0.0] * i).append(d)
         for k in distortion:
             if len(distortion[k]) < i + 1:
@@ -740,6 +783,7 @@ def read_worldscore_cameras(path: PathLike, image_hw=None) -> dict:
             path, "missing (WorldScore's own default is 500 px; nothing is assumed here)", key="focal_length"
         )
     focal = _json_number(data["focal_length"], path, "focal_length")
+    _float32(focal, path, "focal length", key="focal_length")
     if focal <= 0:
         raise FormatError(path, f"must be positive, got {focal}", key="focal_length")
     scale = _json_number(data.get("scale", 1.0), path, "scale")
@@ -750,9 +794,9 @@ def read_worldscore_cameras(path: PathLike, image_hw=None) -> dict:
         if (
             not isinstance(v, list)
             or len(v) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= _MAX_SIDE for x in v)
         ):
-            raise FormatError(path, f"expected [H, W] positive integers, got {v!r}", key="image_hw")
+            raise FormatError(path, f"expected [H, W] positive integers below 2**31, got {v!r}", key="image_hw")
         file_hw = (v[0], v[1])
     if image_hw is not None:
         hw = _as_image_hw(image_hw)
@@ -773,6 +817,7 @@ def read_worldscore_cameras(path: PathLike, image_hw=None) -> dict:
     c2w = matrices("cameras_interp")
     keyframes = matrices("cameras") if "cameras" in data else None
     H, W = hw
+    _check_focal_norm(focal / W, focal / H, path, key="focal_length")
     K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]], np.float32)
     return {
         "cam2world": c2w,
@@ -928,12 +973,14 @@ def _validate_geometry(arrays: dict, fail) -> dict:
         fail("depths", f"expected shape (T, H, W), got {depths.shape}")
     if not np.issubdtype(depths.dtype, np.floating):
         fail("depths", f"expected a float dtype (float32), got {depths.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        depths = depths.astype(np.float32)  # checked in the dtype it is returned in
     if not np.all(np.isfinite(depths)):
-        fail("depths", f"{int(np.sum(~np.isfinite(depths)))} non-finite values (use 0 for invalid depth)")
+        fail("depths", f"{int(np.sum(~np.isfinite(depths)))} non-finite values in float32 (use 0 for invalid depth)")
     T, H, W = depths.shape
     if T == 0:
         fail("depths", "has zero frames")
-    out["depths"] = depths.astype(np.float32)
+    out["depths"] = depths
 
     try:
         K = check_intrinsics(arrays["intrinsics"], "intrinsics")
@@ -989,7 +1036,7 @@ def _validate_geometry(arrays: dict, fail) -> dict:
         if v is None:
             return None
         v = np.asarray(v)
-        if v.shape != (2,) or not np.issubdtype(v.dtype, np.integer) or np.any(v <= 0):
+        if v.shape != (2,) or not np.issubdtype(v.dtype, np.integer) or np.any(v <= 0) or np.any(v > _MAX_SIDE):
             fail(key, f"expected two positive integers, got {v.dtype} {v.shape} {v.tolist()}")
         return int(v[0]), int(v[1])
 
@@ -1009,6 +1056,51 @@ def _validate_geometry(arrays: dict, fail) -> dict:
     return out
 
 
+def read_npz_arrays(path: PathLike, fail) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive, read without pickles; ``fail(key, message)`` raises.
+
+    Written by hand over ``zipfile`` + ``numpy.lib.format`` instead of ``np.load`` so that each
+    member's ``.npy`` header is checked against the member's size *before* anything is
+    allocated (a corrupt header claiming 1e12 elements fails here instead of allocating), and so
+    that every failure (bad zip, CRC, zlib, header, truncation, object dtype) goes through
+    ``fail`` naming the key. ``key`` is None for the archive as a whole.
+    """
+    import zlib
+
+    arrays: dict[str, np.ndarray] = {}
+    key = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = info.filename.removesuffix(".npy")
+                if not info.filename.endswith(".npy"):
+                    fail(key, "archive member is not an .npy array")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        fail(key, f"unsupported .npy format version {version}")
+                    if dtype.hasobject:
+                        fail(key, f"cannot be loaded without pickle (dtype {dtype})")
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    available = info.file_size - f.tell()
+                    if nbytes != available:
+                        fail(key, f"header claims {dtype} {shape} ({nbytes} bytes) but the member holds {available}")
+                    data = bytearray(f.read(nbytes))
+                if len(data) != nbytes:
+                    fail(key, f"truncated: {len(data)} of {nbytes} bytes")
+                a = np.frombuffer(data, dtype) if nbytes else np.zeros(0, dtype)
+                arrays[key] = a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, TypeError) as e:
+        if isinstance(e, MirageError):
+            raise
+        fail(key, f"not a readable .npz file ({type(e).__name__}: {e})")
+    return arrays
+
+
 def read_geometry_npz(path: PathLike) -> GeometryNpz:
     """Reads and validates a reference ``geometry.npz`` (np.load with allow_pickle=False).
 
@@ -1022,26 +1114,13 @@ def read_geometry_npz(path: PathLike) -> GeometryNpz:
       non-finite values, bad rotations, non-positive focal lengths, pickled object arrays).
     """
     path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise FormatError(path, f"not a readable .npz file ({e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise FormatError(path, "expected an .npz archive, got a single .npy array")
-
-    arrays: dict[str, np.ndarray] = {}
-    with npz:
-        for key in npz.files:
-            try:
-                arrays[key] = npz[key]
-            except ValueError as e:
-                raise FormatError(path, f"cannot be loaded without pickle ({e})", key=key) from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
 
     def fail(key, message):
         raise FormatError(path, message, key=key)
 
+    arrays = read_npz_arrays(path, fail)
     v = _validate_geometry(arrays, fail)
     sidecar = None
     if v["frames"] is None:

@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from mirage_jax.geometry.cameras import CameraError, check_pose
+from mirage_jax.geometry.cameras import CameraError, check_pose, invert_pose, look_at
 
 __all__ = [
     "CHUNK_FRAMES",
@@ -209,28 +209,6 @@ def _pose(R, t) -> np.ndarray:
     P[..., :3, 3] = t
     P[..., 3, 3] = 1.0
     return P
-
-
-def _inverse(P) -> np.ndarray:
-    Rt = np.swapaxes(P[..., :3, :3], -1, -2)
-    return _pose(Rt, -np.einsum("...ij,...j->...i", Rt, P[..., :3, 3]))
-
-
-def _look_at(eye, target, up) -> np.ndarray:
-    """NumPy twin of cameras.look_at (float64 [..., 4, 4]); raises when up is along the view."""
-    eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
-    z = target - eye
-    zn = np.linalg.norm(z, axis=-1, keepdims=True)
-    if np.any(zn < 1e-12):
-        raise CameraError("look_at: eye and target coincide")
-    z = z / zn
-    x = np.cross(z, up)
-    xn = np.linalg.norm(x, axis=-1, keepdims=True)
-    if np.any(xn < 1e-9 * np.linalg.norm(up)):
-        raise CameraError("look_at: up is parallel to the viewing direction")
-    x = x / xn
-    y = np.cross(z, x)
-    return _pose(np.stack([x, y, z], axis=-1), eye)
 
 
 def _check_path(c2w, name: str) -> np.ndarray:
@@ -472,7 +450,7 @@ def orbit(
     theta = angle * (np.arange(T, dtype=np.float64) / max(T - 1, 1))
     ring = np.cos(theta)[:, None] * e1 + np.sin(theta)[:, None] * e2
     eyes = center + radius * (math.cos(elev) * ring + math.sin(elev) * u)
-    out = _look_at(eyes, np.broadcast_to(center, eyes.shape), np.broadcast_to(u, eyes.shape)).astype(np.float32)
+    out = look_at(eyes, np.broadcast_to(center, eyes.shape), np.broadcast_to(u, eyes.shape)).astype(np.float32)
     if T > 1 and angle != 0 and abs(math.degrees(angle)) % 360.0 == 0.0:
         out[-1] = out[0]
     return out
@@ -558,7 +536,7 @@ def interpolate_keyframes(
 def relative_to_first(c2w_path) -> np.ndarray:
     """Re-expresses a path relative to its first camera: float32 [T, 4, 4], frame 0 = identity."""
     P = _check_path(c2w_path, "c2w_path")
-    out = (_inverse(P[0]) @ P).astype(np.float32)
+    out = (invert_pose(P[0]) @ P).astype(np.float32)
     out[0] = np.eye(4, dtype=np.float32)
     return out
 
@@ -578,9 +556,9 @@ def chain(*paths, start=None) -> np.ndarray:
     checked = [_check_path(p, f"paths[{i}]") for i, p in enumerate(paths)]
     first = checked[0]
     base = first[0] if start is None else _check_start(start)
-    pieces = [base @ (_inverse(first[0]) @ first)]
+    pieces = [base @ (invert_pose(first[0]) @ first)]
     for P in checked[1:]:
-        rel = _inverse(P[0]) @ P[1:]
+        rel = invert_pose(P[0]) @ P[1:]
         pieces.append(pieces[-1][-1] @ rel)
     out = np.concatenate(pieces, axis=0).astype(np.float32)
     out[0] = base.astype(np.float32)
