@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from mirage_jax.data import builders  # noqa: F401  (registers the TFDS builders)
+from mirage_jax.data import vipe  # noqa: F401  (registers vipe_clips)
 from mirage_jax.data.builders import (  # noqa: F401
     DataFileError,
     GeometryNpz,
