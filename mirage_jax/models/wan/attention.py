@@ -2,8 +2,11 @@
 
 Every implementation takes ``q [B, Nq, H, D]``, ``k, v [B, Nk, H, D]`` (same dtype) and an
 optional softmax ``scale`` (default ``D ** -0.5``, as PyTorch's scaled_dot_product_attention)
-and returns ``[B, Nq, H, D]`` in the input dtype. No masks: the Wan DiT attends over all tokens
-(self-attention) and over the whole padded text sequence (cross-attention), as diffusers does.
+and returns ``[B, Nq, H, D]`` in the input dtype. The Wan DiT attends over all tokens
+(self-attention) and over the whole padded text sequence (cross-attention), as diffusers does;
+an optional ``key_mask`` (bool ``[B, Nk]``, False = never attended to, e.g. padded frames) is
+passed only when a caller sets one, so implementations registered without it keep working
+unmasked. With no mask the numbers are unchanged.
 
 Built in:
   * ``"xla"``: ``jax.nn.dot_product_attention(implementation="xla")`` (any backend, any dtype;
@@ -27,7 +30,9 @@ import jax.numpy as jnp
 
 
 class AttentionFn(Protocol):
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None) -> jax.Array: ...
+    def __call__(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None, key_mask: jax.Array | None = None
+    ) -> jax.Array: ...
 
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {}
@@ -57,37 +62,55 @@ def _check(q, k, v, name: str) -> None:
         raise ValueError(f"{name} attention: incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}")
 
 
-def xla_attention(q, k, v, *, scale=None):
+def _key_mask(key_mask, q, k, name: str, full: bool = False):
+    """bool ``[B, Nk]`` -> the ``mask`` argument of ``jax.nn.dot_product_attention``:
+    ``[B, 1, 1, Nk]``, or ``[B, 1, Nq, Nk]`` with ``full`` (cuDNN wants the query length)."""
+    if key_mask is None:
+        return None
+    m = jnp.asarray(key_mask)
+    if m.dtype != jnp.bool_ or m.shape != (k.shape[0], k.shape[1]):
+        raise ValueError(f"{name} attention: key_mask must be bool [B, Nk] = {k.shape[:2]}, got {m.dtype} {m.shape}")
+    m = m[:, None, None, :]
+    return jnp.broadcast_to(m, (m.shape[0], 1, q.shape[1], m.shape[3])) if full else m
+
+
+def xla_attention(q, k, v, *, scale=None, key_mask=None):
     _check(q, k, v, "xla")
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
+    mask = _key_mask(key_mask, q, k, "xla")
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation="xla")
 
 
-def auto_attention(q, k, v, *, scale=None):
+def auto_attention(q, k, v, *, scale=None, key_mask=None):
     _check(q, k, v, "auto")
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=None)
+    mask = _key_mask(key_mask, q, k, "auto")
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation=None)
 
 
-def cudnn_attention(q, k, v, *, scale=None):
+def cudnn_attention(q, k, v, *, scale=None, key_mask=None):
+    """cuDNN flash attention; a ``key_mask`` becomes a ``[B, 1, Nq, Nk]`` additive bias (cuDNN
+    takes no per-key mask), i.e. ``B * Nq * Nk`` extra memory."""
     _check(q, k, v, "cudnn")
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(
             f"cudnn attention needs bfloat16 or float16 inputs, got {q.dtype}; use WanRuntime(dtype='bfloat16') "
             "or attention='xla' / 'chunked'"
         )
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+    mask = _key_mask(key_mask, q, k, "cudnn", full=True)
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation="cudnn")
 
 
-def chunked_attention(q, k, v, *, scale=None, chunk_size: int = 1024):
+def chunked_attention(q, k, v, *, scale=None, chunk_size: int = 1024, key_mask=None):
     """Exact attention computed ``chunk_size`` queries at a time (peak logits ``B*H*chunk*Nk``)."""
     _check(q, k, v, "chunked")
+    mask = _key_mask(key_mask, q, k, "chunked")
     b, n, h, d = q.shape
     if n <= chunk_size:
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation="xla")
     num = -(-n // chunk_size)
     pad = num * chunk_size - n
     qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
     qc = jnp.moveaxis(qp.reshape(b, num, chunk_size, h, d), 1, 0)  # [num, B, C, H, D]
-    out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v, scale=scale, implementation="xla"), qc)
+    out = jax.lax.map(lambda qi: jax.nn.dot_product_attention(qi, k, v, scale=scale, mask=mask, implementation="xla"), qc)
     out = jnp.moveaxis(out, 0, 1).reshape(b, num * chunk_size, h, d)
     return out[:, :n]
 

@@ -117,6 +117,8 @@ class WanContext:
       rope_cos, rope_sin: ``[B|1, N, head_dim // 2]`` float32 RoPE tables of the tokens.
       grid: static post-patch token grid ``(T', H', W')`` of the tokens (None when the tokens
         are not a whole grid); used by ``WanDiT.finalize`` to unpatchify.
+      key_mask: optional bool ``[B, N]``: False tokens are never attended to as self-attention
+        keys (padding); None (default) attends to all tokens, with unchanged numbers.
     """
 
     mod: jax.Array
@@ -125,6 +127,7 @@ class WanContext:
     rope_cos: jax.Array
     rope_sin: jax.Array
     grid: tuple[int, int, int] | None = flax.struct.field(pytree_node=False, default=None)
+    key_mask: jax.Array | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -164,6 +167,7 @@ class WanContext:
             rope_cos=self.rope_cos[:, start:stop],
             rope_sin=self.rope_sin[:, start:stop],
             grid=grid,
+            key_mask=None if self.key_mask is None else self.key_mask[:, start:stop],
         )
 
 
@@ -391,19 +395,22 @@ class WanAttention(nnx.Module):
         self.norm_q = RMSNorm(dim, eps, param_dtype=runtime.param_dtype)
         self.norm_k = RMSNorm(dim, eps, param_dtype=runtime.param_dtype)
 
-    def _attn(self, q, k, v):
+    def _attn(self, q, k, v, key_mask=None):
         fn = attention_lib.get_attention(self.attention)
+        kw = {} if key_mask is None else {"key_mask": key_mask}
         if self.attention == "chunked":
-            return fn(q, k, v, chunk_size=self.attention_chunk_size)
-        return fn(q, k, v)
+            return fn(q, k, v, chunk_size=self.attention_chunk_size, **kw)
+        return fn(q, k, v, **kw)
 
     def __call__(
         self,
         x: jax.Array,
         context: jax.Array | None = None,
         rope: tuple[jax.Array, jax.Array] | None = None,
+        key_mask: jax.Array | None = None,
     ) -> jax.Array:
-        """``x [B, N, dim]``; ``context [B, L, dim]`` for cross-attention; ``rope`` = (cos, sin)."""
+        """``x [B, N, dim]``; ``context [B, L, dim]`` for cross-attention; ``rope`` = (cos, sin);
+        ``key_mask`` optional bool ``[B, N_keys]`` (False keys are ignored)."""
         src = x if context is None else context
         b, n, d = x.shape
         q = self.norm_q(self.to_q(x)).reshape(b, n, self.heads, d // self.heads)
@@ -412,7 +419,7 @@ class WanAttention(nnx.Module):
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
-        o = self._attn(q, k, v.astype(q.dtype)).reshape(b, n, d)
+        o = self._attn(q, k, v.astype(q.dtype), key_mask).reshape(b, n, d)
         o = checkpoint_name(o, "wan_cross_attn" if self.cross else "wan_self_attn")
         return self.to_out(o)
 
@@ -471,7 +478,7 @@ class WanBlock(nnx.Module):
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))
 
         h = modulate(layer_norm_f32(x, self.eps), shift, scale).astype(x.dtype)
-        x = gated_add(x, self.attn1(h, rope=(ctx.rope_cos, ctx.rope_sin)), gate)
+        x = gated_add(x, self.attn1(h, rope=(ctx.rope_cos, ctx.rope_sin), key_mask=ctx.key_mask), gate)
 
         h = self.norm2(x) if self.norm2 is not None else x
         x = x + self.attn2(h, context=ctx.text).astype(x.dtype)
