@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mirage_jax.diffusion.samplers import SIGMA_MAX, FlowEuler, FlowUniPC, UniPCState, denoise, flow_schedule
+from mirage_jax.diffusion.samplers import (
+    SIGMA_MAX, FlowEuler, FlowUniPC, UniPCState, denoise, flow_schedule)
 from mirage_jax.errors import ConfigError, InputError
 
 # Spec 10.6: 20 steps, shift 5.
