@@ -23,9 +23,10 @@ with shift 5 give timesteps 999, 989, 978, ..., 468, 356, 208. diffusers'
 ``UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=s)``
 builds exactly this schedule (and truncates the same way) when handed the unshifted sigmas,
 ``set_timesteps(sigmas=linspace(0.999, 0, N + 1)[:-1])``; its default schedule instead starts from
-``linspace(1, 1/1000, N + 1)[:-1]`` (first sigma 1 - 1e-6, last timestep 1000 shift(0.05) / ...),
-so its default timesteps and sigmas differ from the reference's (tests/diffusion/test_unipc.py
-checks both facts).
+``linspace(1, 1/1000, N + 1)[:-1]`` (first sigma 1 - 1e-6; 20 steps, shift 5: timesteps 999, 989,
+978, 965, 952, 937, 921, ..., 470, 359, 211), so its default timesteps and sigmas differ from the
+reference's; we follow the reference (tests/diffusion/test_unipc.py checks both facts). Note that
+the model's ``timestep / 1000`` is up to 1/1000 below the ``sigma`` of the update (truncation).
 
 UniPC ("bh2", data prediction ``x0 = x - sigma v``, UniC corrector from the second step on, lower
 order on the final step, warm-up from order 1) is written here as per-step *linear combinations*:
@@ -166,7 +167,7 @@ class FlowEuler(_FlowSampler):
     """
 
     def init(self, x) -> EulerState:
-        """The state before the first step (``x`` only fixes nothing here; kept for one interface)."""
+        """The state before the first step (``x`` is unused: Euler keeps no history)."""
         del x
         return EulerState(step=jnp.zeros((), jnp.int32))
 
