@@ -186,7 +186,7 @@ class FlowEuler(_FlowSampler):
 
 
 class UniPCState(NamedTuple):
-    """State of :class:`FlowUniPC` (a pytree; nothing in it depends on the edits a caller makes).
+    """State of :class:`FlowUniPC` (a pytree of the solver's history; no copy of the latents to come).
 
     Attributes:
       step: int32[], the index ``i`` of the next step (the sample handed in is at ``sigmas[i]``).
