@@ -10,6 +10,7 @@ converter touches one tensor at a time and never holds a whole checkpoint in mem
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Iterator, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
+
+from mirage_jax.errors import FileFormatError, file_error
 
 _DTYPES = {
     "F64": np.dtype(np.float64),
@@ -38,43 +41,106 @@ _DTYPES = {
 _CODES = {v: k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
-    """A malformed or inconsistent safetensors file / index."""
+# The official library's limit on the JSON header (safetensors' MAX_HEADER_SIZE).
+_MAX_HEADER_BYTES = 100_000_000
+
+
+class SafetensorsError(FileFormatError):
+    """A malformed or inconsistent safetensors file / index (the message names the file)."""
+
+
+def _fail(path, what: str, key: str | None = None) -> SafetensorsError:
+    return file_error(path, what, key=key, cls=SafetensorsError)
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
+    """(header dict, data start) of a safetensors file; the header length is checked against
+    the file size before it is read."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise SafetensorsError(f"{path}: too short to be a safetensors file")
+            raise _fail(path, f"too short to be a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", raw)
-        size = os.path.getsize(path)
+        if n > _MAX_HEADER_BYTES:
+            raise _fail(path, f"header length {n} exceeds the format's limit of {_MAX_HEADER_BYTES} bytes")
         if n > size - 8:
-            raise SafetensorsError(f"{path}: header length {n} exceeds the file size {size}")
-        try:
-            header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
-            raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from e
+            raise _fail(path, f"header length {n} exceeds the file size {size}")
+        text = f.read(n)
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _fail(path, f"header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _fail(path, f"header must be a JSON object, got {type(header).__name__}")
     return header, 8 + n
 
 
+def _validate_entries(path: Path, header: dict, data_size: int) -> tuple[dict, dict]:
+    """Checks the header the way the official ``safetensors`` library does; returns
+    (metadata str -> str, {name: (dtype, shape, begin, end)}).
+
+    Every entry needs ``dtype`` (known), ``shape`` (non-negative ints) and ``data_offsets``
+    ([begin, end] ints with end - begin = prod(shape) * itemsize); sorted by offset the entries
+    must tile the data exactly from 0 to the end of the file: no overlap, no gap, nothing past
+    the end, no trailing bytes.
+    """
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise _fail(path, "must be a JSON object of string -> string", key="__metadata__")
+
+    def is_uint(x):
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    entries = {}
+    for name, e in header.items():
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
+            raise _fail(path, "tensor entry needs 'dtype', 'shape' and 'data_offsets'", key=name)
+        dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise _fail(path, f"unsupported dtype {dtype!r} (known: {sorted(_DTYPES)})", key=name)
+        if not isinstance(shape, list) or not all(is_uint(d) for d in shape):
+            raise _fail(path, f"shape must be a list of non-negative ints, got {shape!r}", key=name)
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_uint(o) for o in offsets):
+            raise _fail(path, f"data_offsets must be [begin, end] non-negative ints, got {offsets!r}", key=name)
+        begin, end = offsets
+        nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+        if end < begin or end - begin != nbytes:
+            raise _fail(
+                path, f"data_offsets {offsets} hold {end - begin} bytes but {dtype} {shape} needs {nbytes}", key=name
+            )
+        entries[name] = (_DTYPES[dtype], tuple(shape), begin, end)
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if begin != position:
+            what = "overlaps the previous tensor" if begin < position else f"leaves a gap of {begin - position} bytes"
+            raise _fail(path, f"data_offsets [{begin}, {end}] {what} (expected to start at {position})", key=name)
+        position = end
+    if position != data_size:
+        raise _fail(
+            path,
+            f"tensors cover {position} bytes of data but the file holds {data_size} after the header "
+            f"({'truncated' if position > data_size else 'trailing bytes'})",
+        )
+    return metadata, entries
+
+
 class SafetensorsFile(Mapping[str, np.ndarray]):
-    """One memory-mapped safetensors file as a read-only ``{name: np.ndarray}`` mapping."""
+    """One memory-mapped safetensors file as a read-only ``{name: np.ndarray}`` mapping.
+
+    The header is validated as the official ``safetensors`` library validates it (see
+    :func:`_validate_entries`), so a file it rejects is rejected here too, with a
+    :class:`SafetensorsError` naming the file and the tensor.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         header, self._data_start = _read_header(self.path)
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._entries = header
+        data_size = os.path.getsize(self.path) - self._data_start
+        self.metadata, self._entries = _validate_entries(self.path, header, data_size)
         self._mmap: np.memmap | None = None
-        size = os.path.getsize(self.path) - self._data_start
-        for name, e in header.items():
-            if e.get("dtype") not in _DTYPES:
-                raise SafetensorsError(f"{self.path}: tensor {name!r} has unsupported dtype {e.get('dtype')!r}")
-            b, end = e["data_offsets"]
-            nbytes = int(np.prod(e["shape"], dtype=np.int64)) * _DTYPES[e["dtype"]].itemsize
-            if end - b != nbytes or end > size or b < 0:
-                raise SafetensorsError(f"{self.path}: tensor {name!r} has inconsistent offsets {e['data_offsets']}")
 
     def _buffer(self) -> np.memmap:
         if self._mmap is None:
@@ -82,19 +148,16 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
         return self._mmap
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._entries[name]["shape"])
+        return self._entries[name][1]
 
     def dtype(self, name: str) -> np.dtype:
-        return _DTYPES[self._entries[name]["dtype"]]
+        return self._entries[name][0]
 
     def __getitem__(self, name: str) -> np.ndarray:
-        e = self._entries[name]
-        b, end = e["data_offsets"]
-        dtype = _DTYPES[e["dtype"]]
+        dtype, shape, b, end = self._entries[name]
         if end == b:
-            return np.zeros(e["shape"], dtype)
-        buf = self._buffer()[b:end]
-        return buf.view(dtype).reshape(e["shape"])
+            return np.zeros(shape, dtype)
+        return self._buffer()[b:end].view(dtype).reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -159,10 +222,14 @@ def open_safetensors(path: str | os.PathLike, prefer: str = "diffusion_pytorch_m
         return SafetensorsCheckpoint(files, origin=path)
     if path.name.endswith(".index.json"):
         try:
-            index = json.loads(path.read_text())
-            weight_map = index["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise SafetensorsError(f"{path}: not a safetensors index (needs a 'weight_map'): {e}") from e
+            index = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise _fail(path, f"not a safetensors index: not valid UTF-8 JSON ({e})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) and f and Path(f).name == f for f in weight_map.values()
+        ):
+            raise _fail(path, "not a safetensors index: needs a JSON object mapping tensor names to shard file names", key="weight_map")
         files = sorted({path.parent / f for f in weight_map.values()})
         missing = [str(f) for f in files if not f.exists()]
         if missing:

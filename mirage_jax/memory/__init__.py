@@ -23,6 +23,7 @@ from mirage_jax.memory.core import (  # noqa: F401
     LatentMemory,
     LatentMemoryError,
     MemoryConfig,
+    MemoryFileError,
     MemoryOverflowError,
     counters,
     empty,

@@ -59,20 +59,33 @@ as a traced scalar and ``strict`` is a host-side check, so changing them never r
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
-from mirage_jax.geometry.cameras import CONVENTIONS, CameraError, check_intrinsics, check_pose
 from mirage_jax.memory import voxels
+from mirage_jax.memory._internal import (  # noqa: F401 - LatentMemory & co. are re-exported here
+    COUNTERS,
+    DEFAULT_CONFIG,
+    FUSE_MODES,
+    POLICIES,
+    TRACE_COUNTS,
+    LatentMemory,
+    LatentMemoryError,
+    MemoryConfig,
+    MemoryFileError,
+    MemoryOverflowError,
+    check_camera,
+    check_finite,
+    check_memory,
+    is_traced,
+    shape_dtype,
+    without_config,
+)
 from mirage_jax.memory.projection import (
-    DEPTH_RESIZES,
     cells_to_points,
     resize_depth,
     resize_mask_nearest,
@@ -86,6 +99,7 @@ __all__ = [
     "LatentMemory",
     "LatentMemoryError",
     "MemoryConfig",
+    "MemoryFileError",
     "MemoryOverflowError",
     "counters",
     "empty",
@@ -93,124 +107,6 @@ __all__ = [
     "write",
     "write_frames",
 ]
-
-POLICIES = ("ring", "fuse")
-FUSE_MODES = ("average", "replace")
-COUNTERS = ("written", "rejected", "inserted", "fused", "dropped", "evicted")
-
-# Number of times each jitted implementation has been traced (tests use it to prove that calls
-# with the same shapes and options do not retrace).
-TRACE_COUNTS: collections.Counter = collections.Counter()
-
-
-class LatentMemoryError(ValueError):
-    """Bad input to the memory: wrong shape / dtype, non-finite values, unknown option, bad file."""
-
-
-class MemoryOverflowError(LatentMemoryError):
-    """Raised by ``strict=True`` writes that would evict or drop points."""
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryConfig:
-    """Options of a memory (hashable; static under jit). See the module docstring.
-
-    convention: "reference" | "centred" intrinsics scaling to the latent grid (write and read).
-    depth_resize: "bilinear" (reference) | "edge_safe" (validity-weighted, no half-depth points).
-    policy: "ring" | "fuse" capacity policy.
-    voxel_size: fusion voxel edge (world units), > 0; used by policy="fuse".
-    fuse_mode: "average" | "replace".
-    strict: raise MemoryOverflowError instead of evicting or dropping (host-side check).
-    """
-
-    convention: str = "reference"
-    depth_resize: str = "bilinear"
-    policy: str = "ring"
-    voxel_size: float = 0.05
-    fuse_mode: str = "average"
-    strict: bool = False
-
-    def __post_init__(self):
-        if self.convention not in CONVENTIONS:
-            raise LatentMemoryError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
-        if self.depth_resize not in DEPTH_RESIZES:
-            raise LatentMemoryError(
-                f"depth_resize must be one of {DEPTH_RESIZES}, got {self.depth_resize!r}"
-            )
-        if self.policy not in POLICIES:
-            raise LatentMemoryError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if self.fuse_mode not in FUSE_MODES:
-            raise LatentMemoryError(f"fuse_mode must be one of {FUSE_MODES}, got {self.fuse_mode!r}")
-        if isinstance(self.voxel_size, bool) or not isinstance(self.voxel_size, (int, float)):
-            raise LatentMemoryError(f"voxel_size must be a Python float, got {type(self.voxel_size).__name__}")
-        if not (math.isfinite(self.voxel_size) and self.voxel_size > 0):
-            raise LatentMemoryError(f"voxel_size must be finite and > 0, got {self.voxel_size}")
-        if not isinstance(self.strict, bool):
-            raise LatentMemoryError(f"strict must be a bool, got {self.strict!r}")
-        object.__setattr__(self, "voxel_size", float(self.voxel_size))
-
-    @staticmethod
-    def option_names() -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(MemoryConfig))
-
-    def with_options(self, **options) -> "MemoryConfig":
-        """Returns a copy with ``options`` overridden; unknown names raise LatentMemoryError."""
-        unknown = sorted(set(options) - set(self.option_names()))
-        if unknown:
-            raise LatentMemoryError(
-                f"unknown memory option(s) {unknown}; known options: {list(self.option_names())}"
-            )
-        options = {k: v for k, v in options.items() if v is not None}
-        return dataclasses.replace(self, **options) if options else self
-
-
-@struct.dataclass
-class LatentMemory:
-    """Fixed-capacity latent spatial memory (a pytree; ``config`` is static metadata).
-
-    Per slot (N = capacity):
-      points: f32[N, 3] world positions (OpenCV world of the poses written).
-      features: [N, C] normalised latents (dtype chosen at ``empty``; float32 by default).
-      valid: bool[N] slot holds an entry.
-      step: int32[N] frame index of the entry's last write (-1: never written).
-      weight: f32[N] number of observations fused into the entry (1 for ring writes, 0 if empty).
-    Scalars (int32[]):
-      cursor: next ring slot; count: valid entries; frames: frames written so far;
-      written, rejected, inserted, fused, dropped, evicted: see the module docstring.
-    """
-
-    points: jax.Array
-    features: jax.Array
-    valid: jax.Array
-    step: jax.Array
-    weight: jax.Array
-    cursor: jax.Array
-    count: jax.Array
-    frames: jax.Array
-    written: jax.Array
-    rejected: jax.Array
-    inserted: jax.Array
-    fused: jax.Array
-    dropped: jax.Array
-    evicted: jax.Array
-    config: MemoryConfig = struct.field(pytree_node=False, default=MemoryConfig())
-
-    @property
-    def capacity(self) -> int:
-        return self.points.shape[-2]
-
-    @property
-    def channels(self) -> int:
-        return self.features.shape[-1]
-
-    @property
-    def dtype(self):
-        return self.features.dtype
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays (all slots, used or not)."""
-        return int(sum(np.dtype(x.dtype).itemsize * math.prod(x.shape) for x in jax.tree.leaves(self)))
 
 
 def empty(capacity: int, channels: int, dtype=jnp.float32, **options) -> LatentMemory:
@@ -260,79 +156,11 @@ def counters(mem: LatentMemory) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Host-side validation.
-# --------------------------------------------------------------------------------------------
-
-
-def is_traced(*xs) -> bool:
-    """True if any argument is an abstract tracer (values unknown: inside jit / vmap / grad)."""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
-
-
-def _shape_dtype(x, name):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = np.asarray(x)
-    return tuple(x.shape), jnp.dtype(x.dtype)
-
-
-def _check_memory(mem, name="mem"):
-    if not isinstance(mem, LatentMemory):
-        raise LatentMemoryError(f"{name}: expected a LatentMemory, got {type(mem).__name__}")
-    # A stacked batch of memories (leading axis on every leaf) is not one memory: the kernels
-    # would broadcast the per-memory scalars against the slots (an obscure error, or a wrong
-    # result when the sizes happen to line up). Under jax.vmap the leaves are per-memory.
-    if np.ndim(mem.points) != 2 or np.ndim(mem.cursor) != 0:
-        raise LatentMemoryError(
-            f"{name}: expected a single memory (points [N, 3]), got points of shape "
-            f"{list(np.shape(mem.points))}; for a batch of memories map over it with jax.vmap"
-        )
-
-
-_DEFAULT_CONFIG = MemoryConfig()
-
-
-def _without_config(mem: LatentMemory) -> LatentMemory:
-    """The same arrays with the default (static) config: functions that do not depend on the
-    options then share one compilation across memories with different options."""
-    return mem if mem.config == _DEFAULT_CONFIG else mem.replace(config=_DEFAULT_CONFIG)
-
-
-def _check_camera(K, c2w, lead: tuple, validate: bool, k_name="intrinsics", p_name="cam2world"):
-    """Checks K [*lead, 3, 3] (or [3, 3]) and c2w [*lead, 4, 4]; validates values when concrete."""
-    k_shape, k_dtype = _shape_dtype(K, k_name)
-    p_shape, p_dtype = _shape_dtype(c2w, p_name)
-    if k_shape not in ((3, 3), lead + (3, 3)):
-        want = "[3, 3]" if not lead else f"[3, 3] or {list(lead) + [3, 3]}"
-        raise CameraError(f"{k_name}: expected shape {want}, got {list(k_shape)}")
-    if p_shape not in (lead + (4, 4),):
-        raise CameraError(f"{p_name}: expected shape {list(lead) + [4, 4]}, got {list(p_shape)}")
-    for nm, dt in ((k_name, k_dtype), (p_name, p_dtype)):
-        if not jnp.issubdtype(dt, jnp.floating):
-            raise CameraError(f"{nm}: expected a float dtype, got {dt}")
-    if validate and not is_traced(K):
-        K = check_intrinsics(np.asarray(K), k_name)
-    if validate and not is_traced(c2w):
-        c2w = check_pose(np.asarray(c2w), p_name)
-    return K, c2w
-
-
-def _check_finite(x, name):
-    a = np.asarray(x)
-    bad = ~np.isfinite(a)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise LatentMemoryError(
-            f"{name}: {int(bad.sum())} non-finite value(s) (first at index {first}, value "
-            f"{a[first]}); mark unknown depth with 0 (or exclude=True) before writing"
-        )
-
-
 def _check_frames(mem, latents, depths, intrinsics, cam2world, exclude, validate, frames_axis):
     """Shape/dtype checks (always) and value checks (concrete inputs, ``validate=True``)."""
     lat_name, dep_name, ex_name = ("latents", "depths", "exclude") if frames_axis else ("latent", "depth", "exclude")
-    l_shape, l_dtype = _shape_dtype(latents, lat_name)
-    d_shape, d_dtype = _shape_dtype(depths, dep_name)
+    l_shape, l_dtype = shape_dtype(latents, lat_name)
+    d_shape, d_dtype = shape_dtype(depths, dep_name)
     lead = l_shape[:1] if frames_axis else ()
     want_l = "[T, h, w, C]" if frames_axis else "[h, w, C]"
     want_d = "[T, H, W]" if frames_axis else "[H, W]"
@@ -368,16 +196,16 @@ def _check_frames(mem, latents, depths, intrinsics, cam2world, exclude, validate
     if not jnp.issubdtype(d_dtype, jnp.floating):
         raise LatentMemoryError(f"{dep_name}: expected a float dtype (z-depth), got {d_dtype}")
     if exclude is not None:
-        e_shape, e_dtype = _shape_dtype(exclude, ex_name)
+        e_shape, e_dtype = shape_dtype(exclude, ex_name)
         if e_shape != d_shape:
             raise LatentMemoryError(f"{ex_name}: expected shape {list(d_shape)} like {dep_name}, got {list(e_shape)}")
         if e_dtype != jnp.bool_:
             raise LatentMemoryError(f"{ex_name}: expected dtype bool (True = do not store), got {e_dtype}")
-    intrinsics, cam2world = _check_camera(intrinsics, cam2world, lead, validate)
+    intrinsics, cam2world = check_camera(intrinsics, cam2world, lead, validate, image_hw=(H, W))
     if validate and not is_traced(depths):
-        _check_finite(depths, dep_name)
+        check_finite(depths, dep_name)
     if validate and mem_float and not is_traced(latents):
-        _check_finite(latents, lat_name)
+        check_finite(latents, lat_name)
     return intrinsics, cam2world
 
 
@@ -592,8 +420,11 @@ def write_frames(
       intrinsics: f32[3, 3] (shared) or [T, 3, 3], in pixels of the depth maps.
       cam2world: f32[T, 4, 4] OpenCV camera-to-world.
       exclude: optional bool[T, H, W], True = do not store (dynamic objects, sky).
-      validate: run host-side value checks (finite depth/latents, valid K and poses) when the
-        inputs are concrete; shapes and dtypes are always checked.
+      validate: run host-side value checks (finite depth/latents, valid K and poses, and K
+        belonging to the depth maps: principal point with cx in [-W, 2W], cy in [-H, 2H]) when
+        the inputs are concrete; shapes and dtypes are always checked. Under the caller's jit /
+        vmap / scan (traced values) nothing is checked: non-finite depths become invalid cells
+        (counted in ``rejected``) and K of another resolution stores misplaced points.
       donate: donate ``mem``'s buffers (in-place update; ``mem`` must not be used afterwards).
       **options: per-call overrides of ``mem.config`` (convention, depth_resize, policy,
         voxel_size, fuse_mode, strict); the returned memory keeps ``mem.config``.
@@ -636,7 +467,7 @@ def write(
 
 
 def _write(mem, latents, depths, intrinsics, cam2world, exclude, validate, donate, options, frames_axis):
-    _check_memory(mem)
+    check_memory(mem)
     cfg = mem.config.with_options(**options)
     intrinsics, cam2world = _check_frames(
         mem, latents, depths, intrinsics, cam2world, exclude, validate, frames_axis
@@ -662,9 +493,9 @@ def _write(mem, latents, depths, intrinsics, cam2world, exclude, validate, donat
     # Only the options that change the program are static: ``strict`` is a host-side check and
     # ``voxel_size`` a traced scalar, and the memory's stored config (static pytree metadata)
     # is detached, so memories that differ only in those share one compilation.
-    kernel_cfg = dataclasses.replace(cfg, strict=False, voxel_size=_DEFAULT_CONFIG.voxel_size)
+    kernel_cfg = dataclasses.replace(cfg, strict=False, voxel_size=DEFAULT_CONFIG.voxel_size)
     voxel_size = jnp.asarray(cfg.voxel_size, jnp.float32)
-    new = fn(_without_config(mem), latents, depths, intrinsics, cam2world, exclude, voxel_size, cfg=kernel_cfg)
+    new = fn(without_config(mem), latents, depths, intrinsics, cam2world, exclude, voxel_size, cfg=kernel_cfg)
     new = new.replace(config=mem.config)
     if cfg.strict:
         ev = int(new.evicted) - int(mem.evicted)

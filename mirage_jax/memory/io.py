@@ -21,7 +21,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from mirage_jax.memory.core import LatentMemory, LatentMemoryError, MemoryConfig, _check_memory
+from mirage_jax.errors import file_error
+from mirage_jax.geometry.formats import read_npz_arrays
+from mirage_jax.memory._internal import LatentMemory, LatentMemoryError, MemoryConfig, MemoryFileError, check_memory
 
 __all__ = ["FORMAT_VERSION", "export_ply", "load", "save"]
 
@@ -53,7 +55,7 @@ def save(mem: LatentMemory, path) -> Path:
 
     A single memory only (for a batch of memories save each one).
     """
-    _check_memory(mem)
+    check_memory(mem)
     if np.ndim(mem.cursor) != 0:
         raise LatentMemoryError("save: expected a single memory, got a batch (save each memory separately)")
     path = Path(path)
@@ -91,20 +93,29 @@ def save(mem: LatentMemory, path) -> Path:
     return path
 
 
+def _fail(path, what: str) -> MemoryFileError:
+    return file_error(path, what, cls=MemoryFileError)
+
+
 def _read_arrays(path: Path, fmt: str):
-    if not path.exists():
-        raise LatentMemoryError(f"{path}: no such memory file")
+    """(arrays, metadata text) of a memory file; every failure raises MemoryFileError."""
+    if not path.is_file():
+        raise _fail(path, "no such memory file")
     if fmt == "npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except ValueError as e:  # object arrays need pickles: refused
-            raise LatentMemoryError(f"{path}: cannot read without pickles ({e})") from e
-        except Exception as e:  # noqa: BLE001 - report the file
-            raise LatentMemoryError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+
+        def fail(key, message):
+            raise _fail(path, message if key is None else f"key {key!r}: {message}")
+
+        arrays = read_npz_arrays(path, fail)
         if "__meta__" not in arrays:
-            raise LatentMemoryError(f"{path}: missing key '__meta__' (not a mirage_jax memory file)")
-        text = arrays.pop("__meta__").tobytes().decode("utf-8")
+            raise _fail(path, "missing key '__meta__' (not a mirage_jax memory file)")
+        raw = arrays.pop("__meta__")
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise _fail(path, f"key '__meta__' must be uint8 [n] (UTF-8 JSON), got {raw.dtype} {list(raw.shape)}")
+        try:
+            text = raw.tobytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _fail(path, f"corrupt metadata: not UTF-8 ({e})") from None
     else:
         from safetensors import safe_open
 
@@ -112,43 +123,106 @@ def _read_arrays(path: Path, fmt: str):
             with safe_open(str(path), framework="numpy") as f:
                 md = f.metadata() or {}
                 arrays = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001 - report the file
-            raise LatentMemoryError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001 - the library's own error types; report the file
+            raise _fail(path, f"not a readable .safetensors file ({type(e).__name__}: {e})") from None
         if "mirage_jax" not in md:
-            raise LatentMemoryError(f"{path}: missing metadata 'mirage_jax' (not a mirage_jax memory file)")
+            raise _fail(path, "missing metadata 'mirage_jax' (not a mirage_jax memory file)")
         text = md["mirage_jax"]
         arrays = {k: (v.reshape(()) if k in _SCALAR_FIELDS and v.shape == (1,) else v) for k, v in arrays.items()}
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:
-        raise LatentMemoryError(f"{path}: corrupt metadata ({e})") from e
+        raise _fail(path, f"corrupt metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise _fail(path, f"corrupt metadata: expected a JSON object, got {type(meta).__name__}")
     return arrays, meta
+
+
+def _meta_int(path, meta, key, lo, hi) -> int:
+    v = meta[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _fail(path, f"metadata {key!r} must be an int in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _check_consistent(path, f: dict, n: int) -> None:
+    """The counters and per-slot arrays of a loaded memory must agree (what :func:`save` of a
+    memory built by empty / write always gives); a file that contradicts itself is refused."""
+    count, cursor = int(f["count"]), int(f["cursor"])
+    for name in _SCALAR_FIELDS:
+        if int(f[name]) < 0:
+            raise _fail(path, f"counter {name!r} is negative ({int(f[name])})")
+    if count > n:
+        raise _fail(path, f"count {count} exceeds the capacity {n}")
+    if cursor >= n:
+        raise _fail(path, f"cursor {cursor} is outside the ring [0, {n})")
+    valid = f["valid"]
+    held = int(valid.sum())
+    if held != count:
+        raise _fail(path, f"count says {count} entries but {held} slots are marked valid")
+    if int(f["written"]) != int(f["inserted"]) + int(f["fused"]) + int(f["dropped"]):
+        raise _fail(
+            path,
+            f"counters disagree: written {int(f['written'])} != inserted {int(f['inserted'])} + fused "
+            f"{int(f['fused'])} + dropped {int(f['dropped'])}",
+        )
+    step, weight, frames = f["step"], f["weight"], int(f["frames"])
+    checks = (
+        (np.all(np.isfinite(f["points"][valid])), "valid slots hold non-finite points"),
+        (
+            not np.issubdtype(f["features"].dtype, np.floating)
+            or np.all(np.isfinite(f["features"][valid].astype(np.float32))),
+            "valid slots hold non-finite features",
+        ),
+        (np.all((step[valid] >= 0) & (step[valid] < frames)), f"valid slots have step outside [0, frames={frames})"),
+        (np.all(step[~valid] == -1), "empty slots must have step -1"),
+        (np.all(np.isfinite(weight[valid]) & (weight[valid] >= 1)), "valid slots need weight >= 1"),
+        (np.all(weight[~valid] == 0), "empty slots must have weight 0"),
+    )
+    for ok, what in checks:
+        if not ok:
+            raise _fail(path, what)
 
 
 def load(path) -> LatentMemory:
     """Reads a memory written by :func:`save` (exact round trip, ready to continue writing).
 
-    Raises LatentMemoryError naming the file for a missing key, a wrong shape or dtype, an
-    unknown format version or invalid options.
+    Raises:
+      MemoryFileError (a LatentMemoryError and a FileFormatError) naming the file: unreadable
+      or truncated file (npz members are size-checked before anything is allocated; safetensors
+      files are read by the official library), pickled arrays, a missing or unexpected key, a
+      wrong shape or dtype, bad metadata (not UTF-8 JSON, unknown format version, capacity or
+      channels out of range, unknown dtype, invalid options), or counters that contradict the
+      arrays (count > capacity, count != number of valid slots, cursor outside [0, capacity),
+      negative counters, written != inserted + fused + dropped, non-finite points or features
+      in valid slots, steps outside [0, frames), weights inconsistent with validity).
     """
     path = Path(path)
     fmt = _format(path)
     arrays, meta = _read_arrays(path, fmt)
     for key in ("format", "version", "capacity", "channels", "features_dtype", "config"):
         if key not in meta:
-            raise LatentMemoryError(f"{path}: metadata is missing {key!r}")
+            raise _fail(path, f"metadata is missing {key!r}")
     if meta["format"] != "mirage_jax.LatentMemory":
-        raise LatentMemoryError(f"{path}: not a mirage_jax memory file (format {meta['format']!r})")
-    if meta["version"] != FORMAT_VERSION:
-        raise LatentMemoryError(
-            f"{path}: unsupported memory format version {meta['version']} (expected {FORMAT_VERSION})"
-        )
-    n, c = int(meta["capacity"]), int(meta["channels"])
-    feat_dtype = jnp.dtype(meta["features_dtype"])
+        raise _fail(path, f"not a mirage_jax memory file (format {meta['format']!r})")
+    if isinstance(meta["version"], bool) or meta["version"] != FORMAT_VERSION:
+        raise _fail(path, f"unsupported memory format version {meta['version']!r} (expected {FORMAT_VERSION})")
+    n = _meta_int(path, meta, "capacity", 1, 2**31 - 2)
+    c = _meta_int(path, meta, "channels", 1, 2**31 - 1)
+    try:
+        feat_dtype = jnp.dtype(meta["features_dtype"])
+        if not isinstance(meta["features_dtype"], str):
+            raise TypeError("not a string")
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"metadata 'features_dtype' {meta['features_dtype']!r} is not a dtype ({e})") from None
+    if not (jnp.issubdtype(feat_dtype, jnp.floating) or jnp.issubdtype(feat_dtype, jnp.integer)):
+        raise _fail(path, f"metadata 'features_dtype' must be a float or integer dtype, got {feat_dtype}")
+    if not isinstance(meta["config"], dict):
+        raise _fail(path, f"invalid options in metadata: expected an object, got {meta['config']!r}")
     try:
         config = MemoryConfig().with_options(**meta["config"])
     except (LatentMemoryError, TypeError) as e:
-        raise LatentMemoryError(f"{path}: invalid options in metadata: {e}") from e
+        raise _fail(path, f"invalid options in metadata: {e}") from None
     expected = {
         "points": (n, 3),
         "features": (n, c),
@@ -160,28 +234,26 @@ def load(path) -> LatentMemory:
     fields = {}
     for name, shape in expected.items():
         if name not in arrays:
-            raise LatentMemoryError(f"{path}: missing key {name!r}")
+            raise _fail(path, f"missing key {name!r}")
         a = arrays[name]
         if tuple(a.shape) != shape:
-            raise LatentMemoryError(
-                f"{path}: key {name!r} has shape {list(a.shape)}, expected {list(shape)} "
-                f"(capacity {n}, channels {c})"
+            raise _fail(
+                path, f"key {name!r} has shape {list(a.shape)}, expected {list(shape)} (capacity {n}, channels {c})"
             )
         if name == "features":
             stored = np.dtype(_BITCAST.get(str(feat_dtype), feat_dtype))
             if a.dtype != stored:
-                raise LatentMemoryError(f"{path}: key 'features' has dtype {a.dtype}, expected {stored}")
+                raise _fail(path, f"key 'features' has dtype {a.dtype}, expected {stored}")
             if str(feat_dtype) in _BITCAST:
                 a = a.view(feat_dtype)
         elif a.dtype != np.dtype(_FIELD_DTYPES[name]):
-            raise LatentMemoryError(
-                f"{path}: key {name!r} has dtype {a.dtype}, expected {np.dtype(_FIELD_DTYPES[name])}"
-            )
-        fields[name] = jnp.asarray(a)
+            raise _fail(path, f"key {name!r} has dtype {a.dtype}, expected {np.dtype(_FIELD_DTYPES[name])}")
+        fields[name] = a
     extra = sorted(set(arrays) - set(expected))
     if extra:
-        raise LatentMemoryError(f"{path}: unexpected key(s) {extra}")
-    return LatentMemory(**fields, config=config)
+        raise _fail(path, f"unexpected key(s) {extra}")
+    _check_consistent(path, fields, n)
+    return LatentMemory(**{k: jnp.asarray(a) for k, a in fields.items()}, config=config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +310,7 @@ def export_ply(mem: LatentMemory, path, rgb=None, binary: bool = True) -> Path:
         scaled from its 1st..99th percentile to 0..255.
       binary: binary little-endian (default) or ASCII.
     """
-    _check_memory(mem)
+    check_memory(mem)
     path = Path(path)
     valid = np.asarray(mem.valid)
     pts = np.asarray(mem.points)[valid].astype("<f4")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mirage_jax.memory import voxels
-from mirage_jax.memory.core import TRACE_COUNTS, LatentMemory, LatentMemoryError, _check_memory, _without_config
+from mirage_jax.memory._internal import TRACE_COUNTS, LatentMemory, LatentMemoryError, check_memory, without_config
 
 __all__ = [
     "References",
@@ -194,7 +194,7 @@ def retrieve_references(
     Returns:
       References(indices int32[k], iou f32[k], found bool[k]); indices are -1 where not found.
     """
-    _check_memory(mem)
+    check_memory(mem)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise LatentMemoryError(f"k must be a positive int, got {k!r}")
     if not float(voxel_size) > 0:
@@ -220,7 +220,7 @@ def retrieve_references(
     elif tuple(np.shape(frame_valid)) != (F,) or jnp.asarray(frame_valid).dtype != jnp.bool_:
         raise LatentMemoryError(f"frame_valid: expected bool[{F}], got {np.shape(frame_valid)}")
     return fn(
-        _without_config(mem),
+        without_config(mem),
         frame_visible,
         target_visible,
         jnp.asarray(frame_valid),

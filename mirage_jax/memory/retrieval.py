@@ -20,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mirage_jax.geometry.cameras import CONVENTIONS, scale_intrinsics
-from mirage_jax.memory.core import (
+from mirage_jax.errors import check_hw
+from mirage_jax.memory._internal import (
     TRACE_COUNTS,
     LatentMemory,
     LatentMemoryError,
-    _check_camera,
-    _check_memory,
-    _without_config,
+    check_camera,
+    check_memory,
+    without_config,
 )
 from mirage_jax.memory.projection import project_to_cells, zbuffer
 
@@ -47,16 +48,6 @@ class Readout(NamedTuple):
     features: jax.Array
     hit: jax.Array
     depth: jax.Array
-
-
-def _check_hw(hw, name):
-    if (
-        not isinstance(hw, (tuple, list))
-        or len(hw) != 2
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in hw)
-    ):
-        raise LatentMemoryError(f"{name}: expected (height, width) of positive ints, got {hw!r}")
-    return (int(hw[0]), int(hw[1]))
 
 
 def _resolve_convention(mem, convention):
@@ -144,18 +135,21 @@ def read(
       latent_hw: (h, w) output grid (44 x 80 for 704 x 1280 with Wan2.2).
       convention: "reference" | "centred"; None = ``mem.config.convention`` (use the one the
         memory was written with).
-      validate: host-side check of K and the pose when concrete.
+      validate: host-side check of K and the pose when concrete, including that K belongs to
+        ``image_hw`` (principal point with cx in [-W, 2W], cy in [-H, 2H]). Traced values
+        (inside the caller's jit / vmap) are not checked: K of another resolution then reads
+        misplaced cells or no hits.
 
     Returns:
       Readout(features [h, w, C], hit bool[h, w], depth f32[h, w]).
     """
-    _check_memory(mem)
-    image_hw = _check_hw(image_hw, "image_hw")
-    latent_hw = _check_hw(latent_hw, "latent_hw")
+    check_memory(mem)
+    image_hw = check_hw(image_hw, "image_hw", LatentMemoryError)
+    latent_hw = check_hw(latent_hw, "latent_hw", LatentMemoryError)
     convention = _resolve_convention(mem, convention)
-    intrinsics, cam2world = _check_camera(intrinsics, cam2world, (), validate)
+    intrinsics, cam2world = check_camera(intrinsics, cam2world, (), validate, image_hw=image_hw)
     return _read_jit(
-        _without_config(mem),
+        without_config(mem),
         jnp.asarray(intrinsics, jnp.float32),
         jnp.asarray(cam2world, jnp.float32),
         image_hw=image_hw,
@@ -189,21 +183,21 @@ def read_many(
     Returns:
       Readout(features [V, h, w, C], hit bool[V, h, w], depth f32[V, h, w]).
     """
-    _check_memory(mem)
-    image_hw = _check_hw(image_hw, "image_hw")
-    latent_hw = _check_hw(latent_hw, "latent_hw")
+    check_memory(mem)
+    image_hw = check_hw(image_hw, "image_hw", LatentMemoryError)
+    latent_hw = check_hw(latent_hw, "latent_hw", LatentMemoryError)
     convention = _resolve_convention(mem, convention)
     shape = tuple(np.shape(cam2world))
     if len(shape) != 3:
         raise LatentMemoryError(f"cam2world: expected shape [V, 4, 4], got {list(shape)}")
-    intrinsics, cam2world = _check_camera(intrinsics, cam2world, shape[:1], validate)
+    intrinsics, cam2world = check_camera(intrinsics, cam2world, shape[:1], validate, image_hw=image_hw)
     if camera_chunk is not None and (not isinstance(camera_chunk, int) or camera_chunk < 1):
         raise LatentMemoryError(f"camera_chunk must be None or a positive int, got {camera_chunk!r}")
     if camera_chunk is None:
         camera_chunk = _auto_camera_chunk(mem.capacity)
     camera_chunk = min(camera_chunk, shape[0])  # one compilation for every value >= V
     return _read_many_jit(
-        _without_config(mem),
+        without_config(mem),
         jnp.asarray(intrinsics, jnp.float32),
         jnp.asarray(cam2world, jnp.float32),
         image_hw=image_hw,
@@ -268,14 +262,14 @@ def frustum_visible(
     Returns:
       bool[N] for one camera, bool[V, N] for V cameras.
     """
-    _check_memory(mem)
-    image_hw = _check_hw(image_hw, "image_hw")
-    grid_hw = image_hw if grid_hw is None else _check_hw(grid_hw, "grid_hw")
+    check_memory(mem)
+    image_hw = check_hw(image_hw, "image_hw", LatentMemoryError)
+    grid_hw = image_hw if grid_hw is None else check_hw(grid_hw, "grid_hw", LatentMemoryError)
     convention = _resolve_convention(mem, convention)
     shape = tuple(np.shape(cam2world))
     if len(shape) not in (2, 3):
         raise LatentMemoryError(f"cam2world: expected shape [4, 4] or [V, 4, 4], got {list(shape)}")
-    intrinsics, cam2world = _check_camera(intrinsics, cam2world, shape[:-2], validate)
+    intrinsics, cam2world = check_camera(intrinsics, cam2world, shape[:-2], validate, image_hw=image_hw)
     return _frustum_jit(
         mem.points,
         mem.valid,
