@@ -54,6 +54,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from mirage_jax.errors import ConfigError, FileFormatError, check_hw
+
 FILE_FORMAT = "array_record"
 
 # Keys whose leading axis is time; every other key describes the whole clip.
@@ -74,7 +76,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-class DataFileError(ValueError):
+class DataFileError(FileFormatError):
     """A source file (npz, camera txt, frame image) is missing or malformed; names the file."""
 
 
@@ -93,13 +95,6 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _check_hw(image_hw, name: str) -> tuple[int, int]:
-    hw = tuple(int(v) for v in image_hw)
-    if len(hw) != 2 or min(hw) <= 0:
-        raise ValueError(f"{name}: expected a positive (height, width), got {image_hw!r}")
-    return hw  # type: ignore[return-value]
-
-
 def resize_crop_geometry(src_hw, dst_hw) -> tuple[tuple[int, int], tuple[int, int], float, float]:
     """The resize-then-centre-crop that maps an image of ``src_hw`` onto exactly ``dst_hw``.
 
@@ -108,8 +103,8 @@ def resize_crop_geometry(src_hw, dst_hw) -> tuple[tuple[int, int], tuple[int, in
     the exact per-axis scale factors after rounding the resized size to whole pixels and
     ``(y0, x0)`` is the crop origin in the resized image.
     """
-    H, W = _check_hw(src_hw, "src_hw")
-    h, w = _check_hw(dst_hw, "dst_hw")
+    H, W = check_hw(src_hw, "src_hw")
+    h, w = check_hw(dst_hw, "dst_hw")
     s = max(h / H, w / W)
     rh = max(h, int(round(H * s)))
     rw = max(w, int(round(W * s)))
@@ -149,7 +144,7 @@ def resize_crop_image(image: np.ndarray, dst_hw, *, nearest: bool = False) -> np
     image = np.asarray(image)
     src_hw = image.shape[:2]
     (rh, rw), (y0, x0), _, _ = resize_crop_geometry(src_hw, dst_hw)
-    h, w = _check_hw(dst_hw, "dst_hw")
+    h, w = check_hw(dst_hw, "dst_hw")
     if (rh, rw) != tuple(src_hw):
         if image.dtype == np.bool_:
             pil = Image.fromarray(image.astype(np.uint8) * 255)
@@ -176,7 +171,7 @@ def resize_crop_clip(clip: Mapping[str, Any], dst_hw) -> dict[str, Any]:
     out = dict(clip)
     frames = np.asarray(clip["frames"])
     src_hw = frames.shape[1:3]
-    dst_hw = _check_hw(dst_hw, "dst_hw")
+    dst_hw = check_hw(dst_hw, "dst_hw")
     if tuple(src_hw) == dst_hw:
         return out
     out["frames"] = np.stack([resize_crop_image(f, dst_hw) for f in frames])
@@ -185,6 +180,41 @@ def resize_crop_clip(clip: Mapping[str, Any], dst_hw) -> dict[str, Any]:
             out[key] = np.stack([resize_crop_image(m, dst_hw, nearest=True) for m in np.asarray(clip[key])])
     out["intrinsics"] = adjust_intrinsics(clip["intrinsics"], src_hw, dst_hw)
     return out
+
+
+def clip_features(
+    T: int | None,
+    H: int | None,
+    W: int | None,
+    *,
+    depth_dtype=None,
+    masks: tuple[str, ...] = (),
+    per_frame: Mapping[str, Any] | None = None,
+    clip: Mapping[str, Any] | None = None,
+) -> tfds.features.FeaturesDict:
+    """The one feature schema of every builder (module docstring), for T frames of H x W
+    (None = varies between examples).
+
+    Always ``frames`` uint8 [T, H, W, 3], ``intrinsics`` float32 [T, 3, 3], ``cam2world``
+    float32 [T, 4, 4], ``scene_id`` and ``caption`` Text; plus ``depth`` [T, H, W] of
+    ``depth_dtype`` (None: no depth), the boolean [T, H, W] ``masks`` named, the [T] vectors of
+    ``per_frame`` (name -> dtype) and the per-clip ``clip`` features (name -> tfds feature).
+    Images are zlib-compressed.
+    """
+    feats = tfds.features
+    spec: dict[str, Any] = {"frames": feats.Tensor(shape=(T, H, W, 3), dtype=np.uint8, encoding="zlib")}
+    if depth_dtype is not None:
+        spec["depth"] = feats.Tensor(shape=(T, H, W), dtype=depth_dtype, encoding="zlib")
+    for name in masks:
+        spec[name] = feats.Tensor(shape=(T, H, W), dtype=np.bool_, encoding="zlib")
+    spec["intrinsics"] = feats.Tensor(shape=(T, 3, 3), dtype=np.float32)
+    spec["cam2world"] = feats.Tensor(shape=(T, 4, 4), dtype=np.float32)
+    for name, dtype in (per_frame or {}).items():
+        spec[name] = feats.Tensor(shape=(T,), dtype=dtype)
+    spec["scene_id"] = feats.Text()
+    spec["caption"] = feats.Text()
+    spec.update(clip or {})
+    return feats.FeaturesDict(spec)
 
 
 def _find_files(directory: epath.Path, suffix: str, recursive: bool) -> list[epath.Path]:
@@ -293,18 +323,18 @@ class SyntheticWorldsConfig(tfds.core.BuilderConfig):
     fps: int = 16
 
     def __post_init__(self):
-        _check_hw(self.image_hw, f"{self.name}.image_hw")
+        check_hw(self.image_hw, f"{self.name}.image_hw", cls=ConfigError)
         if self.num_frames < 1:
-            raise ValueError(f"{self.name}.num_frames must be >= 1, got {self.num_frames}")
+            raise ConfigError(f"{self.name}.num_frames must be >= 1, got {self.num_frames}")
         if self.num_train < 0 or self.num_test < 0:
-            raise ValueError(f"{self.name}: split sizes must be >= 0")
+            raise ConfigError(f"{self.name}: split sizes must be >= 0")
         if not self.kinds or not self.trajectories:
-            raise ValueError(f"{self.name}: kinds and trajectories must be non-empty")
+            raise ConfigError(f"{self.name}: kinds and trajectories must be non-empty")
         lo, hi = self.fov_range_deg
         if not 0.0 < lo <= hi < 180.0:
-            raise ValueError(f"{self.name}.fov_range_deg must satisfy 0 < lo <= hi < 180, got {self.fov_range_deg}")
+            raise ConfigError(f"{self.name}.fov_range_deg must satisfy 0 < lo <= hi < 180, got {self.fov_range_deg}")
         if not 0.0 <= self.shadows_probability <= 1.0:
-            raise ValueError(f"{self.name}.shadows_probability must be in [0, 1]")
+            raise ConfigError(f"{self.name}.shadows_probability must be in [0, 1]")
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -450,24 +480,21 @@ class SyntheticWorlds(_ArrayRecordBuilder):
                 "Synthetic camera clips rendered by mirage_jax.data.worlds.make_clip: RGB, "
                 "z-depth, dynamic and sky masks, pinhole intrinsics and OpenCV camera-to-world."
             ),
-            features=feats.FeaturesDict(
-                {
-                    "frames": feats.Tensor(shape=(T, H, W, 3), dtype=np.uint8, encoding="zlib"),
-                    "depth": feats.Tensor(shape=(T, H, W), dtype=np.float16, encoding="zlib"),
-                    "dynamic_mask": feats.Tensor(shape=(T, H, W), dtype=np.bool_, encoding="zlib"),
-                    "sky_mask": feats.Tensor(shape=(T, H, W), dtype=np.bool_, encoding="zlib"),
-                    "intrinsics": feats.Tensor(shape=(T, 3, 3), dtype=np.float32),
-                    "cam2world": feats.Tensor(shape=(T, 4, 4), dtype=np.float32),
-                    "times": feats.Tensor(shape=(T,), dtype=np.float32),
-                    "scene_id": feats.Text(),
-                    "caption": feats.Text(),
+            features=clip_features(
+                T,
+                H,
+                W,
+                depth_dtype=np.float16,
+                masks=("dynamic_mask", "sky_mask"),
+                per_frame={"times": np.float32},
+                clip={
                     "seed": feats.Scalar(dtype=np.int64),
                     "kind": feats.Text(),
                     "trajectory": feats.Text(),
                     "fov_deg": feats.Scalar(dtype=np.float32),
                     "shadows": feats.Scalar(dtype=np.bool_),
                     "fps": feats.Scalar(dtype=np.int32),
-                }
+                },
             ),
             disable_shuffling=True,
         )
@@ -501,7 +528,7 @@ class GeometryNpzConfig(tfds.core.BuilderConfig):
 
     def __post_init__(self):
         if self.image_hw is not None:
-            _check_hw(self.image_hw, f"{self.name}.image_hw")
+            check_hw(self.image_hw, f"{self.name}.image_hw", cls=ConfigError)
 
 
 def _read_text_if_exists(path: epath.Path) -> str:
@@ -585,21 +612,19 @@ class GeometryNpz(_ManualDirBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Reference geometry.npz samples (frames, depth, cameras, static masks).",
-            features=feats.FeaturesDict(
-                {
-                    "frames": feats.Tensor(shape=(None, H, W, 3), dtype=np.uint8, encoding="zlib"),
-                    "depth": feats.Tensor(shape=(None, H, W), dtype=np.float32, encoding="zlib"),
-                    "keep_mask": feats.Tensor(shape=(None, H, W), dtype=np.bool_, encoding="zlib"),
-                    "intrinsics": feats.Tensor(shape=(None, 3, 3), dtype=np.float32),
-                    "cam2world": feats.Tensor(shape=(None, 4, 4), dtype=np.float32),
-                    "frame_indices": feats.Tensor(shape=(None,), dtype=np.int64),
+            features=clip_features(
+                None,
+                H,
+                W,
+                depth_dtype=np.float32,
+                masks=("keep_mask",),
+                per_frame={"frame_indices": np.int64},
+                clip={
                     "original_size": feats.Tensor(shape=(2,), dtype=np.int32),
                     "processed_size": feats.Tensor(shape=(2,), dtype=np.int32),
                     "has_masks": feats.Scalar(dtype=np.bool_),
-                    "scene_id": feats.Text(),
-                    "caption": feats.Text(),
                     "source_file": feats.Text(),
-                }
+                },
             ),
             disable_shuffling=True,
         )
@@ -643,11 +668,11 @@ class Re10kConfig(tfds.core.BuilderConfig):
     frame_stride: int = 1
 
     def __post_init__(self):
-        _check_hw(self.image_hw, f"{self.name}.image_hw")
+        check_hw(self.image_hw, f"{self.name}.image_hw", cls=ConfigError)
         if self.num_frames is not None and self.num_frames < 1:
-            raise ValueError(f"{self.name}.num_frames must be >= 1 or None")
+            raise ConfigError(f"{self.name}.num_frames must be >= 1 or None")
         if self.frame_stride < 1:
-            raise ValueError(f"{self.name}.frame_stride must be >= 1")
+            raise ConfigError(f"{self.name}.frame_stride must be >= 1")
 
 
 RE10K_CONFIGS = (
@@ -778,17 +803,12 @@ class Re10kClips(_ManualDirBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="RealEstate10K-format clips: frames and cameras (no depth).",
-            features=feats.FeaturesDict(
-                {
-                    "frames": feats.Tensor(shape=(T, H, W, 3), dtype=np.uint8, encoding="zlib"),
-                    "intrinsics": feats.Tensor(shape=(T, 3, 3), dtype=np.float32),
-                    "cam2world": feats.Tensor(shape=(T, 4, 4), dtype=np.float32),
-                    "timestamps": feats.Tensor(shape=(T,), dtype=np.int64),
-                    "frame_indices": feats.Tensor(shape=(T,), dtype=np.int64),
-                    "scene_id": feats.Text(),
-                    "caption": feats.Text(),
-                    "url": feats.Text(),
-                }
+            features=clip_features(
+                T,
+                H,
+                W,
+                per_frame={"timestamps": np.int64, "frame_indices": np.int64},
+                clip={"url": feats.Text()},
             ),
             disable_shuffling=True,
         )
@@ -814,9 +834,6 @@ class Re10kClips(_ManualDirBuilder):
                 f"re10k_clips/{cfg.name}: none of the {len(files)} clips in {split_root} has "
                 f"{cfg.num_frames} frames at stride {cfg.frame_stride}; nothing to write for this split"
             )
-
-
-BUILDERS = {"synthetic_worlds": SyntheticWorlds, "geometry_npz": GeometryNpz, "re10k_clips": Re10kClips}
 
 
 def prepare(

@@ -59,6 +59,7 @@ import grain
 import numpy as np
 
 from mirage_jax.data.builders import PER_FRAME_KEYS
+from mirage_jax.errors import ConfigError, InputError
 
 SAMPLING_MODES = ("window", "mirage", "full")
 
@@ -120,33 +121,35 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.sampling not in SAMPLING_MODES:
-            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+            raise ConfigError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_epochs is not None and self.num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+            raise ConfigError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
         if self.num_frames < 1 or self.frame_stride < 1:
-            raise ValueError(f"num_frames and frame_stride must be >= 1, got {self.num_frames}, {self.frame_stride}")
+            raise ConfigError(f"num_frames and frame_stride must be >= 1, got {self.num_frames}, {self.frame_stride}")
         if self.latent_stride < 1:
-            raise ValueError(f"latent_stride must be >= 1, got {self.latent_stride}")
+            raise ConfigError(f"latent_stride must be >= 1, got {self.latent_stride}")
         if self.sampling == "mirage":
             if self.num_target_frames < 1 or (self.num_target_frames - 1) % self.latent_stride:
-                raise ValueError(
+                raise ConfigError(
                     f"num_target_frames must be {self.latent_stride}k + 1 (causal VAE), got {self.num_target_frames}"
                 )
             if self.num_preceding_frames < 0 or self.num_preceding_frames % self.latent_stride:
-                raise ValueError(
+                raise ConfigError(
                     f"num_preceding_frames must be a multiple of latent_stride={self.latent_stride}, "
                     f"got {self.num_preceding_frames}"
                 )
             if self.num_reference_frames < 0:
-                raise ValueError(f"num_reference_frames must be >= 0, got {self.num_reference_frames}")
+                raise ConfigError(f"num_reference_frames must be >= 0, got {self.num_reference_frames}")
         if self.frames_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"frames_dtype must be float32, bfloat16 or float16, got {self.frames_dtype!r}")
+            raise ConfigError(f"frames_dtype must be float32, bfloat16 or float16, got {self.frames_dtype!r}")
         if self.worker_count < 0 or self.read_threads < 0:
-            raise ValueError("worker_count and read_threads must be >= 0")
+            raise ConfigError("worker_count and read_threads must be >= 0")
         if self.keys is not None:
             object.__setattr__(self, "keys", tuple(self.keys))
+            if not self.keys:
+                raise ConfigError("keys: an empty tuple would keep nothing of each example; None keeps all keys")
 
     @classmethod
     def from_config(cls, config: Any = None, **overrides: Any) -> PipelineConfig:
@@ -165,7 +168,7 @@ class PipelineConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown PipelineConfig fields {unknown}; valid: {sorted(names)}")
+            raise ConfigError(f"unknown PipelineConfig fields {unknown}; valid: {sorted(names)}")
         return cls(**values)
 
     def to_config_dict(self):
@@ -238,7 +241,7 @@ def _num_frames(element: Mapping[str, Any]) -> int:
     for key in ("frames", "cam2world", "intrinsics"):
         if key in element:
             return int(np.shape(element[key])[0])
-    raise KeyError(f"element has no per-frame key (frames / cam2world / intrinsics); keys: {sorted(element)}")
+    raise InputError(f"element has no per-frame key (frames / cam2world / intrinsics); keys: {sorted(element)}")
 
 
 def _scene(element: Mapping[str, Any]) -> str:
@@ -265,36 +268,32 @@ def _latent_group(element, positions: np.ndarray, latent_stride: int) -> dict[st
 
 @dataclasses.dataclass(frozen=True)
 class ClipSampler(grain.transforms.MapWithIndex):
-    """Temporal sampling of one clip; random numbers from ``(seed, shard_index, index)``."""
+    """Temporal sampling of one clip as ``config`` says (``sampling`` and its frame counts);
+    random numbers from ``(config.seed, shard_index, index)``."""
 
-    sampling: str = "window"
-    seed: int = 0
+    config: PipelineConfig
     shard_index: int = 0
-    num_frames: int = 9
-    frame_stride: int = 1
-    num_target_frames: int = 33
-    num_preceding_frames: int = 8
-    latent_stride: int = 4
-    num_reference_frames: int = 0
 
     def rng(self, index: int) -> np.random.Generator:
-        return np.random.Generator(np.random.Philox(np.random.SeedSequence([self.seed, self.shard_index, int(index)])))
+        seq = np.random.SeedSequence([self.config.seed, self.shard_index, int(index)])
+        return np.random.Generator(np.random.Philox(seq))
 
     def map_with_index(self, index: int, element: Mapping[str, Any]) -> dict[str, Any]:
-        if self.sampling == "full":
+        cfg = self.config
+        if cfg.sampling == "full":
             return dict(element)
         rng = self.rng(index)
         T = _num_frames(element)
         meta = {k: v for k, v in element.items() if k not in PER_FRAME_KEYS}
-        if self.sampling == "window":
-            span = (self.num_frames - 1) * self.frame_stride + 1
+        if cfg.sampling == "window":
+            span = (cfg.num_frames - 1) * cfg.frame_stride + 1
             if T < span:
-                raise ValueError(
-                    f"clip {_scene(element)!r} has {T} frames; a window of {self.num_frames} frames "
-                    f"with stride {self.frame_stride} needs {span}"
+                raise InputError(
+                    f"clip {_scene(element)!r} has {T} frames; a window of {cfg.num_frames} frames "
+                    f"with stride {cfg.frame_stride} needs {span}"
                 )
             start = int(rng.integers(0, T - span + 1))
-            positions = start + self.frame_stride * np.arange(self.num_frames)
+            positions = start + cfg.frame_stride * np.arange(cfg.num_frames)
             out = _take(element, positions)
             out["clip_indices"] = positions.astype(np.int32)
             out.update(meta)
@@ -302,9 +301,10 @@ class ClipSampler(grain.transforms.MapWithIndex):
         return self._mirage(element, T, rng, meta)
 
     def _mirage(self, element, T: int, rng: np.random.Generator, meta) -> dict[str, Any]:
-        N, P, s = self.num_target_frames, self.num_preceding_frames, self.latent_stride
+        cfg = self.config
+        N, P, s = cfg.num_target_frames, cfg.num_preceding_frames, cfg.latent_stride
         if T < N + P:
-            raise ValueError(
+            raise InputError(
                 f"clip {_scene(element)!r} has {T} frames; the Mirage sample needs "
                 f"{P} preceding + {N} target = {N + P}"
             )
@@ -314,7 +314,7 @@ class ClipSampler(grain.transforms.MapWithIndex):
         out["target"] = _latent_group(element, np.arange(t0, t0 + N), s)
         if P > 0:
             out["preceding"] = _latent_group(element, np.arange(t0 - P, t0), s)
-        R = self.num_reference_frames
+        R = cfg.num_reference_frames
         if R > 0:
             candidates = np.array(
                 [p for p in range(T) if not (t0 - P <= p < t0 + N) and (p - t0) % s == 0], dtype=np.int64
@@ -350,7 +350,7 @@ def normalize_frames(frames: np.ndarray, dtype="float32") -> np.ndarray:
     """uint8 [..., 3] in [0, 255] -> ``dtype`` in [-1, 1] (x / 127.5 - 1)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
-        raise TypeError(f"frames must be uint8 to normalise, got {frames.dtype}")
+        raise InputError(f"frames must be uint8 to normalise, got {frames.dtype}")
     return (frames.astype(np.float32) / 127.5 - 1.0).astype(_np_dtype(dtype) if isinstance(dtype, str) else dtype)
 
 
@@ -361,7 +361,7 @@ def denormalize_frames(frames: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(frames, np.float32)
     if x.size and (x.min() < -1.0 - 1e-3 or x.max() > 1.0 + 1e-3):
-        raise ValueError(f"frames must be in [-1, 1], got range [{x.min():.4g}, {x.max():.4g}]")
+        raise InputError(f"frames must be in [-1, 1], got range [{x.min():.4g}, {x.max():.4g}]")
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
@@ -408,7 +408,7 @@ class ToArrays(grain.transforms.Map):
         if self.keys is not None:
             missing = [k for k in self.keys if k not in out]
             if missing:
-                raise KeyError(f"keys {missing} not in the example; available: {sorted(out)}")
+                raise InputError(f"keys {missing} not in the example; available: {sorted(out)}")
             out = {k: out[k] for k in self.keys}
         return out
 
@@ -444,11 +444,12 @@ def make_dataset(
     checkpointable ``grain.DatasetIterator``.
     """
     cfg = PipelineConfig.from_config(config, **overrides)
+    source_given = source is not None
     if source is None:
         source = make_data_source(cfg.dataset, cfg.split, cfg.data_dir)
     shard = resolve_shard(shard_options, cfg.shard_drop_remainder)
     if cfg.batch_size % shard.shard_count:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={cfg.batch_size} (global) is not divisible by the shard count {shard.shard_count}"
         )
     local_batch = cfg.batch_size // shard.shard_count
@@ -456,30 +457,27 @@ def make_dataset(
         import jax
 
         if shard.shard_count not in (1, jax.process_count()):
-            raise ValueError(
+            raise ConfigError(
                 f"placing batches on a mesh needs one shard per process (shard_count = "
                 f"jax.process_count() = {jax.process_count()}) or one shard for all (1); got {shard.shard_count}"
             )
     ds = grain.MapDataset.source(source)
+    what = "the source" if source_given else f"{cfg.dataset}:{cfg.split}"
+    if len(ds) == 0:
+        raise InputError(f"{what} has no examples; nothing to iterate")
+    num_examples = len(ds)
     ds = shard_dataset(ds, shard)
     if len(ds) == 0:
-        raise ValueError(f"shard {shard.shard_index}/{shard.shard_count} of {cfg.dataset}:{cfg.split} is empty")
+        raise InputError(
+            f"shard {shard.shard_index} of {shard.shard_count} of {what} is empty: {num_examples} examples "
+            f"{'truncated to a multiple of' if shard.drop_remainder else 'split over'} {shard.shard_count} shards"
+            + (" (shard_drop_remainder=True)" if shard.drop_remainder else "")
+        )
+    _check_yields_a_batch(cfg, len(ds), local_batch, what)
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
-    ds = ds.map_with_index(
-        ClipSampler(
-            sampling=cfg.sampling,
-            seed=cfg.seed,
-            shard_index=shard.shard_index,
-            num_frames=cfg.num_frames,
-            frame_stride=cfg.frame_stride,
-            num_target_frames=cfg.num_target_frames,
-            num_preceding_frames=cfg.num_preceding_frames,
-            latent_stride=cfg.latent_stride,
-            num_reference_frames=cfg.num_reference_frames,
-        )
-    )
+    ds = ds.map_with_index(ClipSampler(cfg, shard_index=shard.shard_index))
     ds = ds.map(ToArrays(normalize=cfg.normalize, frames_dtype=cfg.frames_dtype, keys=cfg.keys))
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer_size)
@@ -498,6 +496,23 @@ def make_dataset(
     if mesh is not None:
         it_ds = it_ds.map(_PutOnMesh(mesh, spec, num_batch_shards=shard.shard_count))
     return it_ds
+
+
+def _check_yields_a_batch(cfg: PipelineConfig, local_examples: int, local_batch: int, what: str) -> None:
+    """InputError when a finite pipeline (``num_epochs`` set) with ``drop_remainder`` would
+    yield no batch at all: the examples this process reads over all epochs (each grain worker
+    batches its own interleaved slice of them) never fill one batch of ``local_batch``."""
+    if cfg.num_epochs is None or not cfg.drop_remainder:
+        return
+    total = local_examples * cfg.num_epochs
+    per_worker = -(-total // cfg.worker_count) if cfg.worker_count > 0 else total
+    if per_worker < local_batch:
+        workers = f", split over worker_count={cfg.worker_count} workers ({per_worker} at most each)" if cfg.worker_count else ""
+        raise InputError(
+            f"{what}: batch_size={cfg.batch_size} ({local_batch} per process) exceeds the {total} examples this "
+            f"process reads in num_epochs={cfg.num_epochs}{workers}; with drop_remainder=True the pipeline would "
+            "yield no batch. Lower batch_size, raise num_epochs (None repeats forever) or set drop_remainder=False"
+        )
 
 
 def make_iterator(config: PipelineConfig | Mapping[str, Any] | Any = None, **kwargs: Any) -> grain.DatasetIterator:
@@ -533,7 +548,7 @@ def put_on_mesh(batch: Any, mesh, spec=None, *, num_batch_shards: int | None = N
         :func:`make_dataset` does by default) or 1 (every process holds the same, whole
         global batch and keeps the rows its devices need).
 
-    Raises ValueError when the mesh cannot hold the data that way, e.g. a spec whose batch
+    Raises InputError when the mesh cannot hold the data that way, e.g. a spec whose batch
     axes do not span the processes while every process holds different examples (inferring
     the global shape would silently give a smaller batch with inconsistent replicas).
     """
@@ -543,7 +558,7 @@ def put_on_mesh(batch: Any, mesh, spec=None, *, num_batch_shards: int | None = N
     process_count = jax.process_count()
     shards = process_count if num_batch_shards is None else int(num_batch_shards)
     if shards not in (1, process_count):
-        raise ValueError(
+        raise InputError(
             f"put_on_mesh: num_batch_shards must be 1 or jax.process_count()={process_count}, got {num_batch_shards}"
         )
     sharding = NamedSharding(mesh, spec if spec is not None else default_batch_spec(mesh))
@@ -565,12 +580,12 @@ def put_on_mesh(batch: Any, mesh, spec=None, *, num_batch_shards: int | None = N
                     )
             x = x.astype(narrow)
         if x.ndim == 0:
-            raise ValueError(f"put_on_mesh: {jax.tree_util.keystr(path)} has no batch axis (a scalar)")
+            raise InputError(f"put_on_mesh: {jax.tree_util.keystr(path)} has no batch axis (a scalar)")
         global_shape = (x.shape[0] * shards,) + x.shape[1:]
         try:
             return jax.make_array_from_process_local_data(sharding, x, global_shape)
         except ValueError as err:
-            raise ValueError(
+            raise InputError(
                 f"put_on_mesh: {jax.tree_util.keystr(path)} [{x.shape[0]} local rows x {shards} process shard(s)] "
                 f"cannot be placed as {global_shape} with {sharding.spec} on mesh {dict(mesh.shape)}: {err}"
             ) from err

@@ -301,3 +301,28 @@ def test_make_dataset_mesh_needs_one_shard_per_process():
             PL.PipelineConfig(batch_size=8, read_threads=0), source=[_long_clip(0)] * 4, mesh=mesh,
             shard_options=grain.sharding.ShardOptions(shard_index=0, shard_count=2),
         )
+
+
+def test_pipelines_that_would_yield_nothing_raise_before_iterating():
+    from mirage_jax.errors import ConfigError, InputError
+
+    clips = [_long_clip(i, T=6) for i in range(3)]
+    base = dict(batch_size=1, num_frames=2, shuffle=False, read_threads=0)
+    # One epoch of 3 clips never fills a batch of 4: no silent empty iterator.
+    with pytest.raises(InputError, match=r"batch_size=4 .* exceeds the 3 examples .*num_epochs=1"):
+        PL.make_dataset(PL.PipelineConfig(**{**base, "batch_size": 4}, num_epochs=1), source=clips)
+    # ... nor do two grain workers with 2 clips at most each.
+    with pytest.raises(InputError, match="worker_count=2 workers"):
+        PL.make_dataset(PL.PipelineConfig(**{**base, "batch_size": 3}, num_epochs=1, worker_count=2), source=clips)
+    # Enough epochs, keeping the remainder or repeating forever: batches come.
+    assert len(list(PL.make_iterator(PL.PipelineConfig(**{**base, "batch_size": 4}, num_epochs=2), source=clips))) == 1
+    kept = list(PL.make_iterator(PL.PipelineConfig(**{**base, "batch_size": 4}, num_epochs=1, drop_remainder=False), source=clips))
+    assert [len(b["scene_id"]) for b in kept] == [3]
+    assert next(PL.make_iterator(PL.PipelineConfig(**{**base, "batch_size": 4}), source=clips))["frames"].shape[0] == 4
+    # An empty source, and more shards than examples (truncated to a multiple of the count).
+    with pytest.raises(InputError, match="the source has no examples"):
+        PL.make_dataset(PL.PipelineConfig(**base), source=[])
+    with pytest.raises(InputError, match=r"shard 0 of 4 .* 3 examples truncated"):
+        PL.make_dataset(PL.PipelineConfig(**{**base, "batch_size": 4}), source=clips, shard_options=grain.sharding.ShardOptions(0, 4, True))
+    with pytest.raises(ConfigError, match="keys"):
+        PL.PipelineConfig(keys=())

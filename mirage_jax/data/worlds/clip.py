@@ -8,6 +8,7 @@ from mirage_jax.data.worlds.captions import caption
 from mirage_jax.data.worlds.paths import random_trajectory
 from mirage_jax.data.worlds.render import intrinsics_from_fov, render_frames
 from mirage_jax.data.worlds.scene import KINDS, sample_scene
+from mirage_jax.errors import check_hw
 
 __all__ = ["make_clip", "scene_id"]
 
@@ -52,7 +53,7 @@ def make_clip(
         raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
-    H, W = (int(x) for x in image_hw)
+    H, W = check_hw(image_hw, "image_hw")
     scene = sample_scene(seed, kind, **scene_options)
     T = int(num_frames)
     times = (np.arange(T, dtype=np.float64) / float(fps)).astype(np.float32)

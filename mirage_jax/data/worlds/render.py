@@ -41,6 +41,7 @@ import numpy as np
 
 from mirage_jax.data.worlds import textures
 from mirage_jax.data.worlds.scene import GROUPS, Scene, is_dynamic, primitive_poses
+from mirage_jax.errors import check_hw
 from mirage_jax.geometry.cameras import check_intrinsics, check_pose
 
 __all__ = [
@@ -71,7 +72,7 @@ def intrinsics_from_fov(image_hw, fov_deg: float = 60.0) -> np.ndarray:
     Square pixels (fy = fx = (W / 2) / tan(fov / 2)) and the principal point at the image centre
     in the integer-pixel-centre convention: cx = (W - 1) / 2, cy = (H - 1) / 2.
     """
-    H, W = _check_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw")
     if not 0.0 < float(fov_deg) < 180.0:
         raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg}")
     f = (W / 2.0) / math.tan(math.radians(float(fov_deg)) / 2.0)
@@ -457,16 +458,6 @@ def _trace(scene: Scene, O, D, t, shadows: bool):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_hw(image_hw):
-    try:
-        H, W = (int(x) for x in image_hw)
-    except Exception as e:
-        raise ValueError(f"image_hw must be a pair (H, W) of positive ints, got {image_hw!r}") from e
-    if H <= 0 or W <= 0 or (H, W) != tuple(image_hw):
-        raise ValueError(f"image_hw must be a pair (H, W) of positive ints, got {image_hw!r}")
-    return H, W
-
-
 def _concrete(x) -> bool:
     """True for host / device values, False for tracers (inside a user's jit or vmap)."""
     try:
@@ -541,7 +532,7 @@ def render(scene: Scene, intrinsics, cam2world, image_hw, t=0.0, shadows: bool =
     Compiled once per (image_hw, capacities, atlas shape, shadows); works under jax.vmap.
     """
     _check_scene(scene)
-    H, W = _check_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw")
     K, c2w = _check_camera(intrinsics, cam2world)
     # The same executable as render_pixels on a grid of this shape.
     return _render_pixels_jit(scene, K, c2w, pixel_grid((H, W)), t, bool(shadows))
@@ -578,7 +569,7 @@ def render_frames(
     leading T axis ([T, H, W, ...]).
     """
     _check_scene(scene)
-    H, W = _check_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw")
     if len(np.shape(intrinsics)) != 3:
         raise ValueError(f"intrinsics: expected shape [T, 3, 3], got {np.shape(intrinsics)}")
     T = np.shape(intrinsics)[0]

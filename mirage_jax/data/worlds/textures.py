@@ -155,11 +155,6 @@ def _cell_random(ix, iy, salt):
     return _hash2(ix.astype(jnp.int32), iy.astype(jnp.int32), salt)
 
 
-def _mix(a, b, t):
-    """Linear blend of colours a, b [3, N] by t [N] (0 -> a, 1 -> b)."""
-    return a + (b - a) * t
-
-
 # --------------------------------------------------------------------------------------------
 # The albedo of a surface point. Arrays are component-first ([3, N] colours, [2, N]
 # coordinates) so that every elementwise op runs along the long, contiguous N axis.
