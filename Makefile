@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	# torch is pinned to the CPU wheel (test extra); install it first so nothing pulls CUDA wheels.
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,vipe]"
 	touch $(STAMP)
 
+# Until generation replaces it: the Middlebury geometry check of the memory (an experiment).
 demo: $(STAMP)
-	$(PY) -m mirage_jax.demo --out outputs/demo
+	$(PY) experiments/middlebury_check.py --out outputs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 tests

@@ -10,7 +10,6 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("mirage_jax.demo", "real-data geometry check on the Middlebury stereo pair"),
     "convert": ("mirage_jax.convert.cli", "convert diffusers / Wan checkpoints to orbax"),
 }
 

@@ -1,15 +1,22 @@
-"""The real-data geometry demo: end to end on a downscaled pair, its files, figures and helpers."""
+"""``make demo`` (experiments/middlebury_check.py, the real-data geometry check): end to end on
+a downscaled pair, its files, figures and helpers."""
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("skimage")
 
-from mirage_jax import demo  # noqa: E402
 from mirage_jax.data.real import middlebury_motorcycle  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "middlebury_check.py"
+_spec = importlib.util.spec_from_file_location("middlebury_check", SCRIPT)
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
 
 SCALE = 0.25  # 185 x 125: the same geometry, a 16x smaller memory
 FRAMES = 5
@@ -146,12 +153,12 @@ def test_psnr_and_feature_helpers():
     mask = np.zeros((4, 4), bool)
     mask[0, :2] = True
     # MSE over 2 pixels x 3 channels: (3 * 100) / 6 = 50.
-    assert demo.psnr(a, b, mask) == pytest.approx(10 * math.log10(255**2 / 50.0))
-    assert demo.psnr(a, a) == math.inf
+    assert demo.psnr_u8(a, b, mask) == pytest.approx(10 * math.log10(255**2 / 50.0), rel=1e-6)
+    assert demo.psnr_u8(a, a) == math.inf
     with pytest.raises(ValueError, match="no pixel"):
-        demo.psnr(a, b, np.zeros((4, 4), bool))
+        demo.psnr_u8(a, b, np.zeros((4, 4), bool))
     with pytest.raises(ValueError, match="shapes"):
-        demo.psnr(a, b[:2])
+        demo.psnr_u8(a, b[:2])
     photo = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
     f = demo.photo_features(photo)
     assert f.dtype == np.float32 and f.min() >= 0 and f.max() <= 1
@@ -178,10 +185,8 @@ def test_swing_trajectory_shape_and_ends():
         demo.swing_trajectory(2, 3.0, 10.0)
 
 
-def test_cli_rejects_bad_arguments(tmp_path, capsys):
-    from mirage_jax import cli
-
-    assert cli.main(["demo", "--out", str(tmp_path), "--scale", "0"]) == 2
+def test_script_rejects_bad_arguments(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path), "--scale", "0"]) == 2
     assert "--scale" in capsys.readouterr().err
     assert demo.main(["--out", str(tmp_path), "--frames", "2"]) == 2
     assert "--frames" in capsys.readouterr().err

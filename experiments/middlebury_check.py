@@ -1,4 +1,5 @@
-"""``make demo`` / ``mirage-jax demo``: the real-data geometry check on the Middlebury stereo pair.
+"""``make demo``: the real-data geometry check on the Middlebury stereo pair (an experiment,
+not part of the library; ``make demo`` runs it until the generation pipeline replaces it).
 
 What it does (spec sections 2 and 9), on real photos with ground-truth calibration and depth:
 
@@ -21,8 +22,10 @@ What it does (spec sections 2 and 9), on real photos with ground-truth calibrati
 
 Usage::
 
-    python -m mirage_jax.demo --out outputs/demo            # full resolution (741 x 500)
-    python -m mirage_jax.demo --out /tmp/d --scale 0.25 --frames 5   # a quick run
+    python experiments/middlebury_check.py --out outputs/demo            # full resolution (741 x 500)
+    python experiments/middlebury_check.py --out /tmp/d --scale 0.25 --frames 5   # a quick run
+
+PSNR comes from :func:`mirage_jax.eval.metrics.psnr` (masked to the cells a point landed in).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ __all__ = [
     "features_to_rgb",
     "main",
     "photo_features",
-    "psnr",
+    "psnr_u8",
     "reference_splat",
     "run",
     "swing_trajectory",
@@ -85,25 +88,12 @@ def features_to_rgb(features, hit, empty_rgb=EMPTY_RGB) -> np.ndarray:
     return np.where(hit[..., None], rgb, np.asarray(empty_rgb, np.uint8))
 
 
-def psnr(a, b, mask=None, peak: float = 255.0) -> float:
-    """PSNR in dB between images [H, W, C] over the pixels where ``mask`` [H, W] is True.
+def psnr_u8(a, b, mask=None) -> float:
+    """PSNR in dB of uint8 images [H, W, 3] (peak 255) over the pixels where ``mask`` [H, W] is
+    True (:func:`mirage_jax.eval.metrics.psnr`; an empty mask raises, identical images give inf)."""
+    from mirage_jax.eval.metrics import psnr
 
-    The mean squared error is taken over all channels of the masked pixels; an empty mask
-    raises (no silent NaN); identical images give +inf.
-    """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"psnr: shapes differ, {a.shape} vs {b.shape}")
-    if mask is None:
-        mask = np.ones(a.shape[:-1], bool)
-    mask = np.asarray(mask, bool)
-    if mask.shape != a.shape[:-1]:
-        raise ValueError(f"psnr: mask shape {mask.shape} does not match images {a.shape[:-1]}")
-    if not mask.any():
-        raise ValueError("psnr: the mask selects no pixel")
-    mse = float(np.mean((a[mask] - b[mask]) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(peak * peak / mse)
+    return float(psnr(a, b, mask=mask, max_val=255.0))
 
 
 def reference_splat(image, depth, valid, K_src, c2w_src, K_dst, c2w_dst, out_hw):
@@ -311,13 +301,13 @@ def run(
     t = lap("read_right_s", t)
     hit = np.asarray(right.hit)
     splat = features_to_rgb(right.features, hit)
-    psnr_splat = psnr(splat, pair.right, hit)
-    psnr_no_warp_hit = psnr(pair.left, pair.right, hit)
-    psnr_no_warp_all = psnr(pair.left, pair.right)
+    psnr_splat = psnr_u8(splat, pair.right, hit)
+    psnr_no_warp_hit = psnr_u8(pair.left, pair.right, hit)
+    psnr_no_warp_all = psnr_u8(pair.left, pair.right)
     ref_rgb, ref_hit = reference_splat(
         pair.left, pair.depth, pair.valid, pair.K_left, pair.cam2world_left, pair.K_right, pair.cam2world_right, (H, W)
     )
-    psnr_ref = psnr(ref_rgb, pair.right, ref_hit)
+    psnr_ref = psnr_u8(ref_rgb, pair.right, ref_hit)
     both = hit & ref_hit
     t = lap("reference_numpy_s", t)
     log(
@@ -462,7 +452,7 @@ def run(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mirage-jax demo",
+        prog="middlebury_check.py",
         description=(
             "Real-data geometry check: write the Middlebury motorcycle left photo into the latent "
             "memory with its ground-truth depth (features = the photo's pixels, stride 1), read it "
@@ -481,16 +471,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not (math.isfinite(args.scale) and 0 < args.scale <= 1.0):
-        print(f"mirage-jax demo: --scale must be in (0, 1], got {args.scale}", file=sys.stderr)
+        print(f"middlebury_check.py: --scale must be in (0, 1], got {args.scale}", file=sys.stderr)
         return 2
     if args.frames < 3:
-        print(f"mirage-jax demo: --frames must be >= 3, got {args.frames}", file=sys.stderr)
+        print(f"middlebury_check.py: --frames must be >= 3, got {args.frames}", file=sys.stderr)
         return 2
     if not (math.isfinite(args.angle) and 0 < abs(args.angle) < 90):
-        print(f"mirage-jax demo: --angle must satisfy 0 < |angle| < 90 degrees, got {args.angle}", file=sys.stderr)
+        print(f"middlebury_check.py: --angle must satisfy 0 < |angle| < 90 degrees, got {args.angle}", file=sys.stderr)
         return 2
     if not (args.fps > 0 and math.isfinite(args.fps)):
-        print(f"mirage-jax demo: --fps must be positive, got {args.fps}", file=sys.stderr)
+        print(f"middlebury_check.py: --fps must be positive, got {args.fps}", file=sys.stderr)
         return 2
     report = run(args.out, scale=args.scale, frames=args.frames, angle_deg=args.angle, fps=args.fps, verbose=not args.quiet)
     rv = report["right_view"]
