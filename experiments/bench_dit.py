@@ -32,12 +32,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import time_calls  # noqa: E402  (experiments/common.py)
 
 # Peak dense FLOP/s per device in TFLOP/s: (device-kind substring, compute dtype) -> peak.
 PEAK_TFLOPS = {
@@ -82,18 +83,6 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s per device (TFLOP/s) for MFU")
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
-
-
-def _time(fn, iters: int):
-    t0 = time.perf_counter()
-    fn()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return compile_s, times
 
 
 def _summary(times, tokens, flops, peak_flops, devices):
@@ -162,7 +151,8 @@ def run_torch(args, cfg, x, t, text, tokens_per_sample, fwd_flops, tokens):
             out = model(xt, tt, ct, return_dict=False)[0]
         sync()
 
-    warm_s, times = _time(fwd, args.iters)
+    timed = time_calls(fwd, repeats=args.iters)
+    warm_s, times = timed["first_call_s"], timed["times_s"]
     res = {"version": torch.__version__, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
            "threads": torch.get_num_threads(),
            "forward": {"warmup_s": warm_s, **_summary(times, tokens, fwd_flops, args.peak_flops, 1)}}
@@ -178,7 +168,8 @@ def run_torch(args, cfg, x, t, text, tokens_per_sample, fwd_flops, tokens):
             loss.backward()
             sync()
 
-        warm_s, times = _time(fb, args.iters)
+        timed = time_calls(fb, repeats=args.iters)
+        warm_s, times = timed["first_call_s"], timed["times_s"]
         res["forward_backward"] = {"warmup_s": warm_s, **_summary(times, tokens, 3 * fwd_flops, args.peak_flops, 1)}
     del model, xt, ct, out
     if dev == "cuda":
@@ -255,7 +246,8 @@ def main(argv=None) -> int:
         out_jax = forward(params, xj, tj, cj)
         jax.block_until_ready(out_jax)
 
-    compile_s, times = _time(run_fwd, args.iters)
+    timed = time_calls(run_fwd, repeats=args.iters)
+    compile_s, times = timed["first_call_s"], timed["times_s"]
     result = {
         "config": args.config, "config_dict": cfg.to_diffusers(), "latent_grid": grid, "batch": args.batch,
         "tokens": tokens, "text_len": text_len, "dtype": args.dtype, "param_dtype": args.param_dtype,
@@ -266,7 +258,8 @@ def main(argv=None) -> int:
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
     }
     if args.backward:
-        compile_s, times = _time(lambda: jax.block_until_ready(forward_backward(params, xj, tj, cj)), args.iters)
+        timed = time_calls(lambda: forward_backward(params, xj, tj, cj), repeats=args.iters)
+        compile_s, times = timed["first_call_s"], timed["times_s"]
         result["jax"]["forward_backward"] = {"compile_s": compile_s, **_summary(times, tokens, 3 * fwd_flops, peak_flops, 1)}
 
     if torch_res is not None:

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import time_calls  # noqa: E402  (experiments/common.py)
 from mirage_jax import memory  # noqa: E402
 from mirage_jax.geometry.cameras import look_at  # noqa: E402
 from mirage_jax.memory import rgb_cache  # noqa: E402
@@ -65,16 +65,8 @@ def _parse_sizes(text: str) -> list[int]:
 
 def timeit(fn, *, min_reps: int, max_reps: int, budget_s: float) -> dict:
     """Median seconds per call after one warm-up (compilation) call; fn returns a pytree."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    compile_s = time.perf_counter() - t0
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(times), "min_s": min(times), "reps": len(times), "first_call_s": compile_s}
+    t = time_calls(fn, repeats=min_reps, max_repeats=max_reps, budget_s=budget_s)
+    return {k: t[k] for k in ("median_s", "min_s", "reps", "first_call_s")}
 
 
 def camera(image_hw):

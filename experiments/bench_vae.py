@@ -46,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from common import time_calls  # noqa: E402  (experiments/common.py)
 from mirage_jax.convert import wan_vae as cv  # noqa: E402
 from mirage_jax.models.wan.vae import WanVAE, WanVAEConfig, param_count  # noqa: E402
 
@@ -75,17 +76,6 @@ def _mem_dict(compiled) -> dict | None:
 def _device_peak() -> int | None:
     stats = jax.devices()[0].memory_stats()
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
-
-
-def _time_calls(call, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _summary(times: list[float]) -> dict:
@@ -132,7 +122,7 @@ def _run_jax(model: WanVAE, args, video: np.ndarray, latent: np.ndarray | None, 
         compiled = jax.jit(enc).lower(state, dev_video).compile()
         compile_s = time.perf_counter() - t0
         mean = compiled(state, dev_video)
-        times = _time_calls(lambda: jax.block_until_ready(compiled(state, dev_video)), args.repeats, args.warmup)
+        times = time_calls(lambda: compiled(state, dev_video), repeats=args.repeats, warmup=args.warmup)["times_s"]
         res["encode"] = {"compile_s": compile_s, **_summary(times), "memory": _mem_dict(compiled), "device_peak_bytes": _device_peak()}
         mean = np.asarray(mean.astype(jnp.float32))
     z = latent if latent is not None else mean
@@ -142,7 +132,7 @@ def _run_jax(model: WanVAE, args, video: np.ndarray, latent: np.ndarray | None, 
         compiled = jax.jit(dec).lower(state, dev_z).compile()
         compile_s = time.perf_counter() - t0
         out = compiled(state, dev_z)
-        times = _time_calls(lambda: jax.block_until_ready(compiled(state, dev_z)), args.repeats, args.warmup)
+        times = time_calls(lambda: compiled(state, dev_z), repeats=args.repeats, warmup=args.warmup)["times_s"]
         res["decode"] = {"compile_s": compile_s, **_summary(times), "memory": _mem_dict(compiled), "device_peak_bytes": _device_peak()}
         out = np.asarray(out.astype(jnp.float32))
     return res, mean, out
@@ -184,7 +174,7 @@ def _run_torch(tm, args, video: np.ndarray, latent: np.ndarray, cfg: WanVAEConfi
                 return y
 
             y = call()
-            times = _time_calls(call, args.repeats, args.warmup)
+            times = time_calls(call, repeats=args.repeats, warmup=args.warmup)["times_s"]
             res[phase] = {**_summary(times), "peak_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None}
             arr = y.float().permute(0, 2, 3, 4, 1).cpu().numpy()
             if phase == "encode":

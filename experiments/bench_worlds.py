@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
+from common import time_calls  # experiments/common.py
+
 
 def _setting(name, kind, shadows, hw, frames, scenes, repeats):
-    import jax
-
     from mirage_jax.data.worlds import intrinsics_from_fov, random_trajectory, render_frames, sample_scene
 
     K = np.broadcast_to(intrinsics_from_fov(hw, 60.0), (frames, 3, 3)).copy()
@@ -38,16 +38,15 @@ def _setting(name, kind, shadows, hw, frames, scenes, repeats):
         scene = sample_scene(seed, kind)
         c2w = random_trajectory(scene, seed, frames, times=times.astype(np.float64))
         jobs.append((scene, c2w))
-    t0 = time.perf_counter()
-    jax.block_until_ready(render_frames(jobs[0][0], K, jobs[0][1], hw, times, shadows=shadows))
-    compile_s = time.perf_counter() - t0
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, w0 = time.process_time(), time.perf_counter()
-        for scene, c2w in jobs:
-            jax.block_until_ready(render_frames(scene, K, c2w, hw, times, shadows=shadows))
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
+    compile_s = time_calls(lambda: render_frames(jobs[0][0], K, jobs[0][1], hw, times, shadows=shadows), repeats=1)[
+        "first_call_s"
+    ]
+    timed = time_calls(
+        lambda: [render_frames(scene, K, c2w, hw, times, shadows=shadows) for scene, c2w in jobs],
+        repeats=repeats,
+        warmup=0,
+    )
+    walls, cpus = timed["times_s"], timed["cpu_s"]
     n = frames * scenes
     best = int(np.argmin(walls))
     return {
