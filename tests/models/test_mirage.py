@@ -1,0 +1,307 @@
+"""MirageModel: config validation, control branch / hints, padding masks, LoRA, filters, sharding."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mirage_jax.errors import ConfigError, InputError
+from mirage_jax.models.mirage import (
+    DEFAULT_TARGETS,
+    REFERENCE_TARGET_NAMES,
+    LoRADense,
+    LoRAParam,
+    MirageConfig,
+    MirageModel,
+    clear_score_cache,
+    merge_lora,
+    mirage_positions,
+    score_latent,
+    trainable_filter,
+    unmerge_lora,
+)
+from mirage_jax.models.wan.dit import WanDiTConfig
+from mirage_jax.models.wan.layers import WanRuntime
+
+CFG = MirageConfig.tiny()  # 2 layers, control after both, 4 latent channels, control 8
+B, H, W, L = 2, 4, 4, 3  # 2 x 2 tokens per latent frame
+
+
+def inputs(r, t, p, seed=0, batch=B):
+    rng = np.random.default_rng(seed)
+    f = r + t + p
+    lat = rng.standard_normal((batch, f, H, W, 4)).astype(np.float32)
+    ctrl = rng.standard_normal((batch, t + p, H, W, 8)).astype(np.float32)
+    text = rng.standard_normal((batch, L, 24)).astype(np.float32)
+    ts = np.zeros((batch, f), np.float32)
+    ts[:, r + 1 : r + t] = rng.uniform(100, 900, (batch, 1))  # noisy target frames 1..T-1
+    return lat, ts, text, ctrl
+
+
+def randomize(model, filt, seed=1, scale=0.1):
+    """Replaces the parameters selected by ``filt`` with random values (non-trivial hints / LoRA)."""
+    state = nnx.state(model, filt)
+    keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(state))))
+    nnx.update(model, jax.tree.map(lambda x: scale * jax.random.normal(next(keys), x.shape, x.dtype), state))
+
+
+def after_proj_filter():
+    return nnx.All(nnx.Param, nnx.PathContains("after_proj"))
+
+
+def fwd(model, *args, **kw):
+    return np.asarray(nnx.jit(lambda m, *a: m(*a, **kw))(model, *args))
+
+
+# ------------------------------------------------------------------------------------------------
+# Config.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_validation():
+    five_b = MirageConfig()
+    assert five_b.control_layers == tuple(range(0, 30, 2)) and five_b.num_control_blocks == 15
+    assert five_b.control_in_channels == 96 and five_b.lora_targets == DEFAULT_TARGETS
+    forty = MirageConfig(dit=dataclasses.replace(WanDiTConfig.wan22_ti2v_5b(), num_layers=40))
+    assert forty.control_layers == (0, 5, 10, 15, 20, 25, 30, 35)
+    assert MirageConfig(control_in_channels=49).control_in_channels == 49  # hole-mask variant
+    assert len(DEFAULT_TARGETS) == 10 and REFERENCE_TARGET_NAMES["ffn.proj_out"] == "ffn.2"
+    assert MirageConfig.tiny(lora_rank=4, lora_alpha=8.0).lora_scale == 2.0
+
+    bad = [
+        (dict(control_layers=(0, 2)), "outside"),
+        (dict(control_layers=(1, 0)), "increasing"),
+        (dict(control_layers=(1, 1)), "repeats"),
+        (dict(control_layers=()), "empty"),
+        (dict(control_in_channels=7), "control_in_channels"),
+        (dict(lora_rank=-1), "lora_rank"),
+        (dict(lora_rank=2, lora_targets=("attn1.to_q", "attn3.to_q")), "attn3.to_q"),
+        (dict(control_init="zeros"), "control_init"),
+        (dict(lora_dropout=1.0), "lora_dropout"),
+    ]
+    for kw, needle in bad:
+        with pytest.raises(ConfigError, match=needle):
+            MirageConfig.tiny(**kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Forward semantics.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_positions_follow_spec():
+    pos = mirage_positions(2, 5, 2, 3)  # R=2, T+P=3, grid 2 x 3
+    ref, rest = pos[: 2 * 6], pos[2 * 6 :]
+    assert sorted(set(ref[:, 0])) == [-2, -1] and ref[:, 1].min() == 2 and ref[:, 1].max() == 3
+    assert sorted(set(rest[:, 0])) == [0, 1, 2] and rest[:, 1].max() == 1
+    np.testing.assert_array_equal(rest[:6, 2], [0, 1, 2, 0, 1, 2])  # row-major
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_zero_after_proj_equals_backbone_then_hints_act_on_non_reference_tokens(scan):
+    cfg = MirageConfig.tiny(lora_rank=2)  # LoRA B = 0: no change either
+    model = MirageModel(cfg, WanRuntime(scan_layers=scan), rngs=nnx.Rngs(0))
+    r, t, p = 1, 2, 1
+    lat, ts, text, ctrl = inputs(r, t, p)
+    pos = mirage_positions(r, r + t + p, H // 2, W // 2)
+    base = fwd(model.dit, lat, ts, text, pos)
+    np.testing.assert_array_equal(fwd(model, lat, ts, text, ctrl, num_reference=r), base)
+
+    randomize(model, after_proj_filter())
+    out = fwd(model, lat, ts, text, ctrl, num_reference=r)
+    assert np.abs(out - base).max() > 1e-3  # hints change the output
+
+    # Hints go to tokens [R * tokens_per_frame, N) only: with the last backbone layer as the only
+    # control layer the reference tokens of the block stack are untouched... and the output of
+    # the reference frames equals the backbone's (the head is per token).
+    cfg1 = dataclasses.replace(cfg, control_layers=(1,))
+    m1 = MirageModel(cfg1, WanRuntime(scan_layers=scan), rngs=nnx.Rngs(0))
+    randomize(m1, after_proj_filter())
+    out1 = fwd(m1, lat, ts, text, ctrl, num_reference=r)
+    base1 = fwd(m1.dit, lat, ts, text, pos)
+    np.testing.assert_array_equal(out1[:, :r], base1[:, :r])
+    assert np.abs(out1[:, r:] - base1[:, r:]).max() > 1e-3
+
+
+def _stack_into(looped, scanned):
+    """Copies a looped model's parameters into a scanned one (stacking the layer lists)."""
+    flat = dict(nnx.to_flat_state(nnx.state(looped, nnx.Variable)))
+    dst = nnx.state(scanned, nnx.Variable)
+    for path, var in nnx.to_flat_state(dst):
+        if path[:2] in (("dit", "blocks"), ("control", "blocks"), ("control", "after_proj")):
+            n = var.get_value().shape[0]
+            var.set_value(jnp.stack([flat[path[:2] + (i,) + path[2:]].get_value() for i in range(n)]))
+        else:
+            var.set_value(flat[path].get_value())
+    nnx.update(scanned, dst)
+
+
+def test_scan_remat_bf16_and_lora_gradients():
+    cfg = MirageConfig.tiny(lora_rank=2, lora_dropout=0.0)
+    looped = MirageModel(cfg, WanRuntime(), rngs=nnx.Rngs(0))
+    randomize(looped, nnx.Any(after_proj_filter(), LoRAParam))
+    scanned = MirageModel(cfg, WanRuntime(scan_layers=True, remat="full"), rngs=nnx.Rngs(5))
+    _stack_into(looped, scanned)
+    args = inputs(2, 2, 1)
+    ref = fwd(looped, *args, num_reference=2)
+    np.testing.assert_allclose(fwd(scanned, *args, num_reference=2), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+    bf16 = MirageModel(cfg, WanRuntime(dtype="bfloat16", scan_layers=True, remat="full"), rngs=nnx.Rngs(5))
+    _stack_into(looped, bf16)
+    out = fwd(bf16, *args, num_reference=2)
+    assert out.dtype == jnp.bfloat16
+    assert np.abs(out.astype(np.float32) - ref).max() < 0.05 * np.abs(ref).max()
+
+    # Stage-2 gradients flow to the LoRA factors through the scanned, rematerialised stack.
+    def loss(m):
+        return jnp.mean(jnp.square(m(*args, num_reference=2).astype(jnp.float32)))
+
+    grads = nnx.jit(lambda m: nnx.grad(loss, argnums=nnx.DiffState(0, trainable_filter(2)))(m))(bf16)
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves)
+    assert max(float(jnp.abs(g).max()) for g in leaves) > 0
+
+
+@pytest.mark.parametrize("attention", ["xla", "chunked"])
+def test_frame_mask_padding_equals_unpadded(attention):
+    """R=2 real references padded (in front) to 4, P=1 preceding padded (behind) to 2."""
+    rt = WanRuntime(attention=attention, attention_chunk_size=8)
+    model = MirageModel(CFG, rt, rngs=nnx.Rngs(0))
+    randomize(model, after_proj_filter())
+    r, t, p = 2, 2, 1
+    lat, ts, text, ctrl = inputs(r, t, p)
+    want = fwd(model, lat, ts, text, ctrl, num_reference=r)
+
+    rng = np.random.default_rng(7)
+    junk = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    lat_p = np.concatenate([junk(B, 2, H, W, 4), lat, junk(B, 1, H, W, 4)], axis=1)
+    ctrl_p = np.concatenate([ctrl, junk(B, 1, H, W, 8)], axis=1)
+    ts_p = np.concatenate([np.zeros((B, 2), np.float32), ts, np.zeros((B, 1), np.float32)], axis=1)
+    mask = np.ones((B, 8), bool)
+    mask[:, :2] = mask[:, -1] = False
+    got = fwd(model, lat_p, ts_p, text, ctrl_p, num_reference=4, frame_mask=mask)
+    real = got[:, 2:-1]
+    np.testing.assert_allclose(real, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # ... and without the mask the padding does leak in (the test can fail).
+    leak = fwd(model, lat_p, ts_p, text, ctrl_p, num_reference=4)[:, 2:-1]
+    assert np.abs(leak - want).max() > 1e-3
+
+
+def test_input_errors():
+    model = MirageModel(CFG, rngs=nnx.Rngs(0))
+    lat, ts, text, ctrl = inputs(1, 2, 0)
+    with pytest.raises(InputError, match="control"):
+        model(lat, ts, text, ctrl[:, :1], num_reference=1)
+    with pytest.raises(InputError, match="num_reference"):
+        model(lat, ts, text, ctrl, num_reference=3)
+    with pytest.raises(InputError, match="timestep"):
+        model(lat, ts[:, :2], text, ctrl, num_reference=1)
+    with pytest.raises(InputError, match="frame_mask"):
+        model(lat, ts, text, ctrl, num_reference=1, frame_mask=np.ones((B, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA, filters, copy init.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_lora_merge_unmerge_and_dropout(scan):
+    cfg = MirageConfig.tiny(lora_rank=3, lora_alpha=6.0, lora_dropout=0.5)
+    model = MirageModel(cfg, WanRuntime(scan_layers=scan), rngs=nnx.Rngs(0))
+    layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, LoRADense)]
+    assert len(layers) == (1 if scan else 2) * 10
+    assert not any(isinstance(m, LoRADense) for _, m in nnx.iter_graph(model.control))
+    args = inputs(1, 2, 1)
+    base = fwd(model, *args, num_reference=1)
+    randomize(model, nnx.All(LoRAParam, nnx.PathContains("lora_b")))
+    lora = fwd(model, *args, num_reference=1)
+    assert np.abs(lora - base).max() > 1e-3
+
+    kernels = [np.asarray(m.kernel.get_value()) for m in layers]
+    assert merge_lora(model) == len(layers)
+    merged = fwd(model, *args, num_reference=1)
+    np.testing.assert_allclose(merged, lora, rtol=0, atol=1e-5 * np.abs(lora).max())
+    assert unmerge_lora(model) == len(layers)
+    for m, k in zip(layers, kernels):
+        np.testing.assert_allclose(np.asarray(m.kernel.get_value()), k, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fwd(model, *args, num_reference=1), lora, rtol=0, atol=1e-5 * np.abs(lora).max())
+
+    key = jax.random.key(3)
+    d1 = fwd(model, *args, num_reference=1, train=True, dropout_key=key)
+    d2 = fwd(model, *args, num_reference=1, train=True, dropout_key=key)
+    d3 = fwd(model, *args, num_reference=1, train=True, dropout_key=jax.random.key(4))
+    np.testing.assert_array_equal(d1, d2)
+    assert np.abs(d1 - lora).max() > 1e-4 and np.abs(d1 - d3).max() > 1e-4
+    with pytest.raises(InputError, match="dropout_key"):
+        model(*args, num_reference=1, train=True)
+
+
+def test_trainable_filters_and_copy_init():
+    cfg = MirageConfig.tiny(lora_rank=2, control_layers=(1,), control_init="copy")
+    model = MirageModel(cfg, rngs=nnx.Rngs(0))
+    s1 = nnx.to_flat_state(nnx.state(model, trainable_filter(1)))
+    s2 = nnx.to_flat_state(nnx.state(model, trainable_filter(2)))
+    all_control = nnx.to_flat_state(nnx.state(model.control, nnx.Param))
+    assert {p[1:] for p, _ in s1} == {p for p, _ in all_control} and all(p[0] == "control" for p, _ in s1)
+    assert len(s2) == 2 * 2 * 10 and all(p[0] == "dit" and p[-1] in ("lora_a", "lora_b") for p, _ in s2)
+    assert all(type(v) is LoRAParam for _, v in s2)
+    with pytest.raises(InputError):
+        trainable_filter(3)
+    # control_init="copy": control block 0 is backbone block 1 (LoRA factors not copied).
+    src = dict(nnx.to_flat_state(nnx.state(model.dit.blocks[1], nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(model.control.blocks[0], nnx.Param)):
+        np.testing.assert_array_equal(var.get_value(), src[path].get_value())
+    assert not np.any(np.asarray(model.control.after_proj[0].kernel.get_value()))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharding.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sharded_equals_single_device():
+    from mirage_jax.sharding import create_sharded, make_mesh
+
+    cfg = MirageConfig.tiny(lora_rank=2)
+    rt = WanRuntime(scan_layers=True)
+    mesh = make_mesh((2, 4), ("data", "fsdp"))
+    sharded = create_sharded(lambda: MirageModel(cfg, rt, rngs=nnx.Rngs(0)), mesh, "fsdp")
+    kernel = sharded.control.blocks.attn1.to_q.kernel.get_value()
+    assert kernel.sharding.spec[1] == "fsdp"  # [K, embed, heads]: embed over fsdp
+    single = MirageModel(cfg, rt, rngs=nnx.Rngs(1))
+    nnx.update(single, jax.device_get(nnx.state(sharded)))
+    randomize(single, nnx.Any(after_proj_filter(), LoRAParam))
+    nnx.update(sharded, jax.device_put(nnx.state(single), jax.tree.map(lambda x: x.sharding, nnx.state(sharded))))
+    args = inputs(1, 2, 1, batch=4)
+    want = fwd(single, *args, num_reference=1)
+    with jax.set_mesh(mesh):
+        got = fwd(sharded, *args, num_reference=1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+# ------------------------------------------------------------------------------------------------
+# Score latent.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_score_latent_cached_and_correct():
+    from mirage_jax.models.wan.vae import WanVAE, WanVAEConfig
+
+    vae = WanVAE(WanVAEConfig.tiny(), rngs=nnx.Rngs(0))
+    clear_score_cache()
+    s = score_latent(vae, 2, (32, 32))
+    ratio = vae.config.spatial_ratio
+    assert s.shape == (2, 32 // ratio, 32 // ratio, vae.config.z_dim) and s.dtype == jnp.float32
+    frames = (2 - 1) * vae.config.temporal_ratio + 1
+    direct = vae.normalize(vae.encode(jnp.ones((1, frames, 32, 32, 3))))[0]
+    np.testing.assert_allclose(np.asarray(s), np.asarray(direct), rtol=0, atol=1e-5)
+    assert score_latent(vae, 2, (32, 32)) is s  # cached
+    assert not np.allclose(np.asarray(s[0]), np.asarray(s[1]))  # causal VAE: frame 0 differs
+    with pytest.raises(InputError):
+        score_latent(vae, 0, (32, 32))
+    with pytest.raises(InputError):
+        score_latent(vae, 2, (32.0, 32))
