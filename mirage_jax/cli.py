@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "convert": ("mirage_jax.convert.cli", "convert diffusers / Wan checkpoints to orbax"),
+    "preprocess": ("mirage_jax.preprocess", "encode clips once to latent clip records (VAE + text), resumable"),
 }
 
 
