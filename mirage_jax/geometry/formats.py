@@ -127,8 +127,10 @@ def _check_focal_norm(fx_norm: float, fy_norm: float, path: PathLike, *, line=No
 def _rotation_defects(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-matrix max |R^T R - I| and determinant for R [N, 3, 3]."""
     R = np.asarray(R, np.float64)
-    err = np.abs(np.swapaxes(R, -1, -2) @ R - np.eye(3)).max(axis=(-1, -2))
-    return err, np.linalg.det(R)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge entries: inf / nan, refused below
+        err = np.abs(np.swapaxes(R, -1, -2) @ R - np.eye(3)).max(axis=(-1, -2))
+        det = np.linalg.det(R)
+    return np.where(np.isnan(err), np.inf, err), det
 
 
 def _check_rotation_rows(R: np.ndarray, path: PathLike, lines: Sequence[int], what: str) -> None:
@@ -438,9 +440,9 @@ def read_spatia(
     w2c_path, intr_path = _spatia_paths(directory_or_paths, w2c_name, intrinsics_name)
     mats, w2c_lines = [], []
     for lineno, raw in enumerate(_read_text(w2c_path).splitlines(), start=1):
-        tokens = _flat_tokens(raw)
-        if not tokens:
+        if not raw.strip():
             continue
+        tokens = _flat_tokens(raw)
         if len(tokens) not in (12, 16):
             raise FormatError(
                 w2c_path, f"expected a 3x4 or 4x4 matrix (12 or 16 numbers), got {len(tokens)} numbers", line=lineno
@@ -463,9 +465,9 @@ def read_spatia(
 
     rows, intr_lines = [], []
     for lineno, raw in enumerate(_read_text(intr_path).splitlines(), start=1):
-        tokens = _flat_tokens(raw)
-        if not tokens:
+        if not raw.strip():
             continue
+        tokens = _flat_tokens(raw)
         if len(tokens) != 4:
             raise FormatError(
                 intr_path, f"expected 4 numbers (fx fy cx cy, normalised), got {len(tokens)}", line=lineno
