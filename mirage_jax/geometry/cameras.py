@@ -178,13 +178,14 @@ def look_at(eye, target, up=(0.0, -1.0, 0.0)):
     ``up`` is the world direction that should appear up in the image; with OpenCV axes the
     camera's y axis points down, so the default world up is -y (a y-down world, as in OpenCV).
 
-    NumPy ``eye`` and ``target`` give a NumPy result in float64 (host-side paths, see
-    :mod:`mirage_jax.geometry.trajectories`); otherwise float32 jax.numpy. Concrete inputs
+    NumPy ``eye`` and ``target`` give a NumPy result in their float dtype (at least float32;
+    float64 for the host-side paths of :mod:`mirage_jax.geometry.trajectories`); otherwise
+    float32 jax.numpy. Concrete inputs
     raise CameraError when eye and target coincide or ``up`` is parallel to the viewing
     direction; under jit (traced inputs) such cameras come out as NaN.
     """
     xp = _xp(eye, target)
-    dtype = np.float64 if xp is np else jnp.float32
+    dtype = np.result_type(eye, target, np.float32) if xp is np else jnp.float32
     eye, target, up = (xp.asarray(a, dtype) for a in (eye, target, up))
     z = target - eye
     zn = xp.linalg.norm(z, axis=-1, keepdims=True)

@@ -257,3 +257,30 @@ def test_transforms_match_float64_and_are_batch_invariant(seed):
     batched = jax.jit(jax.vmap(cam.project_points, in_axes=(None, None, 0)))(np.asarray(pts).reshape(-1, 3), K, Pb)
     np.testing.assert_allclose(np.asarray(batched[0][1]), np.asarray(uv), rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(np.asarray(batched[1][2]), np.asarray(zz), rtol=1e-6, atol=1e-6)
+
+
+def test_one_look_at_and_one_rigid_inverse_for_numpy_and_jax():
+    eye = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, -3.0]])
+    target = np.array([[0.0, 0.0, 4.0], [1.0, 1.0, 1.0]])
+    P64 = cam.look_at(eye, target)  # NumPy in: NumPy out, float64 kept
+    assert isinstance(P64, np.ndarray) and P64.dtype == np.float64
+    Pj = cam.look_at(jnp.asarray(eye, jnp.float32), jnp.asarray(target, jnp.float32))
+    np.testing.assert_allclose(np.asarray(Pj), P64, atol=1e-6)
+    inv = cam.invert_pose(P64)
+    assert isinstance(inv, np.ndarray) and inv.dtype == np.float64
+    np.testing.assert_allclose(inv @ P64, np.broadcast_to(np.eye(4), P64.shape), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(cam.invert_pose(jnp.asarray(P64, jnp.float32))), inv, atol=1e-5)
+    with pytest.raises(CameraError, match="eye and target coincide"):
+        cam.look_at(np.zeros(3), np.zeros(3))
+    with pytest.raises(CameraError, match="up is parallel"):
+        cam.look_at(np.zeros(3), np.array([0.0, 2.0, 0.0]))
+    # Under jit the values are unknown: a degenerate camera comes out as NaN (documented).
+    out = jax.jit(cam.look_at)(jnp.zeros(3), jnp.zeros(3))
+    assert np.isnan(np.asarray(out)).any()
+
+
+def test_check_pose_refuses_float32_overflow():
+    P = np.eye(4)
+    P[1, 3] = 1e300  # finite in float64, inf in the float32 returned
+    with pytest.raises(CameraError, match="non-finite values"):
+        cam.check_pose(P)

@@ -506,3 +506,81 @@ def test_geometry_npz_missing_key_and_not_npz(tmp_path):
         fm.read_geometry_npz(p)
     with pytest.raises(CameraError, match="depths"):
         fm.write_geometry_npz(p, np.zeros((2, 3)), np.eye(3)[None], np.eye(4)[None])
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"fl_x": 1e300}, r"frames\[0\]: intrinsics .* not finite in float32"),
+        ({"cx": -1e39}, r"frames\[0\]: intrinsics .* not finite in float32"),
+        ({"fl_x": 1e-14}, r"frames\[0\]: focal lengths fx/W=.* field of view under 179 degrees"),
+        ({"fl_x": None, "camera_angle_x": 0.0}, r"camera_angle_x must be a field of view in \(0, pi\)"),
+        ({"fl_x": None, "camera_angle_x": 3.141592653589793}, r"camera_angle_x must be a field of view in \(0, pi\)"),
+        ({"fl_x": None, "camera_angle_x": 3.14159265}, r"field of view under 179 degrees"),
+        ({"w": 1e300}, r"image size must be positive integers below 2\*\*31"),
+        ({"k1": 1e39}, r"distortion k1: values not finite in float32"),
+    ],
+)
+def test_read_transforms_json_values_checked_in_float32(tmp_path, change, match):
+    meta = {"fl_x": 50.0, "cx": 8.0, "cy": 8.0, "w": 16, "h": 16, "frames": [{"transform_matrix": np.eye(4).tolist()}]}
+    meta.update(change)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    p = tmp_path / "transforms.json"
+    p.write_text(json.dumps(meta))
+    with pytest.raises(FormatError, match=match):
+        fm.read_transforms_json(p)
+    # A translation finite in float64 but not in float32 is refused too (it used to come back inf).
+    m = np.eye(4)
+    m[0, 3] = 1e300
+    p.write_text(json.dumps({"fl_x": 50.0, "w": 16, "h": 16, "frames": [{"transform_matrix": m.tolist()}]}))
+    with pytest.raises(FormatError, match=r"frames\[0\]\.transform_matrix: matrix: values not finite in float32"):
+        fm.read_transforms_json(p)
+
+
+def test_text_readers_refuse_float32_overflow_with_file_and_line(tmp_path):
+    good = "u\n0 0.5 0.8 0.5 0.5 0 0 1 0 0 0 0 1 0 0 0 0 1 0\n"
+    for row, col in ((1, 1), (1, 10)):
+        tokens = good.splitlines()[row].split()
+        tokens[col] = "1e300"
+        p = tmp_path / "cams.txt"
+        p.write_text("u\n" + " ".join(tokens) + "\n")
+        with pytest.raises(FormatError, match=rf"cams.txt:2: .*not finite in float32"):
+            fm.read_re10k(p)
+    (tmp_path / "w2c.txt").write_text("[[1, 0, 0, 1e39], [0, 1, 0, 0], [0, 0, 1, 0]]\n")
+    (tmp_path / "intrinsics.txt").write_text("0.5 0.8 0.5 0.5\n")
+    with pytest.raises(FormatError, match=r"w2c.txt:1: .*not finite in float32"):
+        fm.read_spatia(tmp_path)
+    (tmp_path / "w2c.txt").write_text("[\n")
+    with pytest.raises(FormatError, match=r"w2c.txt:1: expected a 3x4 or 4x4 matrix .* got 0"):
+        fm.read_spatia(tmp_path)
+
+
+def test_geometry_npz_depth_overflow_and_huge_headers(tmp_path):
+    import zipfile
+
+    rng = np.random.default_rng(7)
+    g = _geometry(rng)
+    g["depths"] = g["depths"].astype(np.float64)
+    g["depths"][0, 0, 0] = 1e300
+    np.savez(tmp_path / "geometry.npz", **g)
+    with pytest.raises(FormatError, match="depths: 1 non-finite values in float32"):
+        fm.read_geometry_npz(tmp_path / "geometry.npz")
+    # An npy header claiming 1e12 elements fails before anything is allocated.
+    g = _geometry(rng)
+    np.savez(tmp_path / "good.npz", **g)
+    with zipfile.ZipFile(tmp_path / "good.npz") as zin, zipfile.ZipFile(tmp_path / "huge.npz", "w") as zout:
+        for info in zin.infolist():
+            d = zin.read(info)
+            if info.filename == "depths.npy":
+                end, old, new = d.index(b"\n"), b"(3, 8, 12)", b"(3, 8, 1000000000000)"
+                i, grow = d.index(old), len(new) - len(old)
+                d = d[:i] + new + d[i + len(old) : end - grow] + d[end:]
+            zout.writestr(info, d)
+    with pytest.raises(FormatError, match=r"huge.npz: depths: header claims .* but the member holds"):
+        fm.read_geometry_npz(tmp_path / "huge.npz")
+
+
+def test_format_errors_are_project_errors():
+    from mirage_jax.errors import FileFormatError, InputError
+
+    assert issubclass(FormatError, FileFormatError) and issubclass(CameraError, InputError)
