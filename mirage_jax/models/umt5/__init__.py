@@ -9,3 +9,10 @@ Checkpoints: :func:`mirage_jax.convert.load_umt5`.
 """
 
 from mirage_jax.models.umt5.model import UMT5Config, UMT5Encoder, relative_position_buckets  # noqa: F401
+from mirage_jax.models.umt5.tokenizer import (  # noqa: F401
+    PromptCache,
+    UMT5Tokenizer,
+    clean_prompt,
+    encode_prompts,
+    load_tokenizer,
+)
