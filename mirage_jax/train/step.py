@@ -30,6 +30,7 @@ Design:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -97,8 +98,12 @@ class OptimConfig:
         return optax.warmup_cosine_decay_schedule(0.0, lr, self.warmup_steps, self.decay_steps, 0.0)
 
 
+@functools.lru_cache(maxsize=None)
 def make_tx(cfg: OptimConfig) -> optax.GradientTransformation:
-    """``clip_by_global_norm(clip) -> adamw(schedule, b1, b2, eps, weight_decay)``."""
+    """``clip_by_global_norm(clip) -> adamw(schedule, b1, b2, eps, weight_decay)``.
+
+    Cached per config: the transformation is static data of the optimizer's graph, so equal
+    configs must give the same object for a second trainer to reuse the compiled step."""
     return optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(cfg.learning_rate_fn(), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
@@ -220,6 +225,25 @@ def _step_impl(graphdef, state, batch, score, empty_text, cfg: SampleConfig, acc
     return nnx.state(ts), aux
 
 
+_STEP_JITS: dict = {}
+
+
+def _jitted_step(state_sh):
+    """One ``jax.jit`` object per state layout (treedef + shardings), shared by every TrainStep, so a
+    second trainer with the same model and mesh (e.g. a resumed run) reuses the compilation."""
+    leaves, treedef = jax.tree.flatten(state_sh)
+    key = (treedef, tuple(leaves))
+    if key not in _STEP_JITS:
+        _STEP_JITS[key] = jax.jit(
+            _step_impl,
+            static_argnums=(0, 5, 6),
+            donate_argnums=(1,),
+            in_shardings=(state_sh, None, None, None),
+            out_shardings=(state_sh, None),
+        )
+    return _STEP_JITS[key]
+
+
 class TrainStep:
     """The jitted training step for one :class:`TrainState` layout (graph, shardings, shapes).
 
@@ -237,14 +261,7 @@ class TrainStep:
         self.graphdef, state = nnx.split(ts)
         self.cfg = cfg
         self.grad_accum = int(grad_accum)
-        state_sh = jax.tree.map(lambda x: x.sharding, state)
-        self._jit = jax.jit(
-            _step_impl,
-            static_argnums=(0, 5, 6),
-            donate_argnums=(1,),
-            in_shardings=(state_sh, None, None, None),
-            out_shardings=(state_sh, None),
-        )
+        self._jit = _jitted_step(jax.tree.map(lambda x: x.sharding, state))
 
     def lower(self, ts: TrainState, batch, score, empty_text):
         """The lowered step (``.compile()`` for compile time, ``.cost_analysis()``)."""
