@@ -21,9 +21,15 @@ diag(1, -1, -1, 1) (the camera's y and z axes flip; the world frame is untouched
 
 Everything here is host-side NumPy. Arrays come back as float32 (poses, intrinsics, depth),
 int64 (timestamps, indices), uint8 (frames) and bool (masks). Bad input raises
-:class:`FormatError` (a ``ValueError``) naming the file and, where there is one, the line
-(text formats), the JSON field or the npz key; bad arguments to writers raise
-:class:`~mirage_jax.geometry.cameras.CameraError` naming the argument.
+:class:`FormatError` (a :class:`~mirage_jax.errors.FileFormatError`) naming the file and,
+where there is one, the line (text formats), the JSON field or the npz key; bad arguments to
+writers raise :class:`~mirage_jax.geometry.cameras.CameraError` (an
+:class:`~mirage_jax.errors.InputError`) naming the argument.
+
+Values are checked in the dtype they are returned in (float32): a number finite in float64
+but not in float32 (1e300) is refused, never returned as inf. Focal lengths read from a file
+must give a field of view under 179 degrees (fx / W >= 1 / (2 tan 89.5 deg)); ``.npz`` members
+are size-checked against their ``.npy`` header before anything is allocated.
 """
 
 from __future__ import annotations
@@ -171,16 +177,12 @@ def _as_intrinsics_argument(K, name: str, num_frames: int | None = None) -> np.n
     return K
 
 
-def _as_image_hw(image_hw, name: str = "image_hw") -> tuple[int, int]:
-    return check_hw(image_hw, name, cls=CameraError)
-
-
 def normalize_intrinsics(K, image_hw) -> np.ndarray:
     """Pixel intrinsics [..., 3, 3] -> normalised (fx/W, fy/H, cx/W, cy/H) float32 [..., 4].
 
     Raises CameraError for non-zero skew (it has no place in the normalised 4-vector).
     """
-    H, W = _as_image_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw", CameraError)
     K = check_intrinsics(K, "intrinsics").astype(np.float64)
     if np.any(np.abs(K[..., 0, 1]) > 1e-9 * np.maximum(1.0, np.abs(K[..., 0, 0]))):
         raise CameraError("intrinsics: non-zero skew K[0, 1] cannot be written as normalised fx fy cx cy")
@@ -190,7 +192,7 @@ def normalize_intrinsics(K, image_hw) -> np.ndarray:
 
 def denormalize_intrinsics(intrinsics_norm, image_hw) -> np.ndarray:
     """Normalised (fx/W, fy/H, cx/W, cy/H) [..., 4] -> pixel intrinsics float32 [..., 3, 3]."""
-    H, W = _as_image_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw", CameraError)
     n = np.asarray(intrinsics_norm, np.float64)
     if n.ndim < 1 or n.shape[-1] != 4:
         raise CameraError(f"intrinsics_norm: expected shape [..., 4], got {n.shape}")
@@ -625,7 +627,7 @@ def read_transforms_json(path: PathLike, image_hw=None) -> dict:
             f"unsupported camera model {camera_model!r} (pinhole models only: {_PINHOLE_MODELS})",
             key="camera_model",
         )
-    default_hw = None if image_hw is None else _as_image_hw(image_hw)
+    default_hw = None if image_hw is None else check_hw(image_hw, "image_hw", CameraError)
 
     c2w, Ks, hws, file_paths = [], [], [], []
     distortion: dict[str, list[float]] = {}
@@ -720,7 +722,7 @@ def write_transforms_json(path: PathLike, cam2world, intrinsics, image_hw, file_
     c2w = _as_pose_argument(cam2world, "cam2world")
     T = c2w.shape[0]
     K = _as_intrinsics_argument(intrinsics, "intrinsics", T)
-    H, W = _as_image_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw", CameraError)
     if np.any(np.abs(K[:, 0, 1]) > 1e-9 * np.abs(K[:, 0, 0])):
         raise CameraError("intrinsics: non-zero skew K[0, 1] cannot be stored in transforms.json")
     if file_paths is None:
@@ -801,7 +803,7 @@ def read_worldscore_cameras(path: PathLike, image_hw=None) -> dict:
             raise FormatError(path, f"expected [H, W] positive integers below 2**31, got {v!r}", key="image_hw")
         file_hw = (v[0], v[1])
     if image_hw is not None:
-        hw = _as_image_hw(image_hw)
+        hw = check_hw(image_hw, "image_hw", CameraError)
         if file_hw is not None and file_hw != hw:
             raise FormatError(path, f"file says {list(file_hw)} but image_hw={hw} was passed", key="image_hw")
     elif file_hw is not None:
@@ -857,7 +859,7 @@ def write_worldscore_cameras(
     c2w = _as_pose_argument(cam2world, "cam2world")
     T = c2w.shape[0]
     K = _as_intrinsics_argument(intrinsics, "intrinsics", T)
-    H, W = _as_image_hw(image_hw)
+    H, W = check_hw(image_hw, "image_hw", CameraError)
     f = float(K[0, 0, 0])
     if not (
         np.allclose(K[:, 0, 0], f, rtol=0, atol=atol_px)
