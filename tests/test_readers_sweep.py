@@ -14,6 +14,7 @@ import collections
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -46,6 +47,7 @@ def _summary():
         ends = {o: n for (k, o), n in OUTCOMES.items() if k == c}
         print(f"  {c:24s} {sum(ends.values()):4d}  " + ", ".join(f"{o}: {n}" for o, n in sorted(ends.items())))
     print(f"  total {sum(OUTCOMES.values())}")
+    shutil.rmtree(_DIR, ignore_errors=True)
 
 
 def attempt(cls: str, read, check) -> None:
