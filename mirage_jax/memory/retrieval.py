@@ -258,6 +258,7 @@ def frustum_visible(
     Args:
       intrinsics: f32[3, 3] or [V, 3, 3] in pixels of ``image_hw``.
       cam2world: f32[4, 4] or [V, 4, 4].
+      validate: as in :func:`read` (K must belong to ``image_hw`` when concrete).
 
     Returns:
       bool[N] for one camera, bool[V, N] for V cameras.
