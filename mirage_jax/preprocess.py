@@ -22,7 +22,9 @@ import importlib
 import json
 import sys
 
-from mirage_jax.errors import ConfigError
+import numpy as np
+
+from mirage_jax.errors import ConfigError, MirageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,10 +69,8 @@ def make_text_encoder(spec: str):
 
 
 def _vae(args):
-    from flax import nnx
-
     from mirage_jax.models.wan import WanRuntime
-    from mirage_jax.models.wan.vae import WanVAE, WanVAEConfig
+    from mirage_jax.models.wan.vae import WanVAEConfig
 
     runtime = WanRuntime(dtype=args.dtype)
     if args.vae is not None:
@@ -79,11 +79,42 @@ def _vae(args):
         return load_vae(args.vae, runtime=runtime)[1]
     variant = "wan2.1" if args.vae_config == "tiny-wan2.1" else "wan2.2"
     print(f"preprocess: a RANDOM-weight tiny {variant} VAE (seed {args.vae_seed}): for pipeline checks only", file=sys.stderr)
-    return WanVAE(WanVAEConfig.tiny(variant), runtime, rngs=nnx.Rngs(args.vae_seed))
+    return random_vae(WanVAEConfig.tiny(variant), args.vae_seed, runtime)
+
+
+def random_vae(config, seed: int = 0, runtime=None):
+    """A WanVAE with random weights filled from NumPy (kernels N(0, 1/fan_in), norm scales 1,
+    biases 0), deterministic in ``seed``. Built abstractly and filled on the host: the eager or
+    jitted initialisers take minutes of dispatch / compile for the ~2M-parameter tiny config on
+    a busy 2-core machine, this takes seconds. For pipeline checks only."""
+    import jax
+    from flax import nnx
+
+    from mirage_jax.models.wan.vae import WanVAE
+
+    abstract = nnx.eval_shape(lambda: WanVAE(config, runtime, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.to_flat_state(state):
+        shape, dtype = var.get_value().shape, var.get_value().dtype
+        if len(shape) > 1:
+            value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+        else:
+            value = np.ones(shape) if path[-1] in ("scale", "gamma") else np.zeros(shape)
+        var.set_value(jax.numpy.asarray(value, dtype))
+    return nnx.merge(graphdef, state)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except MirageError as err:
+        print(f"mirage-jax preprocess: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     import jax
 
     from mirage_jax.data.latents import LatentEncoder, open_clip_source, preprocess
@@ -92,15 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     n = args.devices or jax.device_count()
     if not 1 <= n <= jax.device_count():
         raise ConfigError(f"--devices {n}: this process sees {jax.device_count()} devices")
+    text_encoder = make_text_encoder(args.text_encoder)
+    source = open_clip_source(args.dataset, split=args.split, data_dir=args.data_dir, source_dir=args.source_dir)
     mesh = make_mesh((n,), ("data",), devices=jax.devices()[:n])
     encoder = LatentEncoder(_vae(args), mesh=mesh, batch_size=args.batch_size, tiled=args.tiled)
-    source = open_clip_source(args.dataset, split=args.split, data_dir=args.data_dir, source_dir=args.source_dir)
     settings = {
         "dataset": args.dataset, "source_dir": args.source_dir, "vae": args.vae or f"random:{args.vae_config}:{args.vae_seed}",
         "vae_dtype": args.dtype, "tiled": args.tiled,
     }
     entry = preprocess(
-        source, args.out, encoder=encoder, text_encoder=make_text_encoder(args.text_encoder), split=args.split,
+        source, args.out, encoder=encoder, text_encoder=text_encoder, split=args.split,
         clips_per_shard=args.clips_per_shard, latents_dtype=args.latents_dtype, text_dtype=args.text_dtype,
         settings=settings, progress=True,
     )

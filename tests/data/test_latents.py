@@ -8,13 +8,15 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from mirage_jax.data import latents as L
 from mirage_jax.errors import ConfigError, FileFormatError
-from mirage_jax.models.wan.vae import WanVAE, WanVAEConfig
+from mirage_jax.models.wan.vae import WanVAEConfig
+from mirage_jax.preprocess import random_vae
 from mirage_jax.sharding import make_mesh
 
+# imageio-ffmpeg starts ffmpeg with subprocess (fork + exec at once), which JAX warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 TEXT = L.HashedTextEncoder(dim=16, max_length=8)
 
@@ -51,7 +53,7 @@ class Counting:
 
 @pytest.fixture(scope="module")
 def vae():
-    return WanVAE(WanVAEConfig.tiny("wan2.2"), rngs=nnx.Rngs(3))
+    return random_vae(WanVAEConfig.tiny("wan2.2"), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +179,13 @@ def test_hashed_text_encoder_is_deterministic_and_zero_padded():
     assert not np.array_equal(enc(["blue"])[0, 0], enc(["red"])[0, 0])
     with pytest.raises(ConfigError):
         make_text_encoder("hashed:16")
+
+
+def test_cli_reports_bad_arguments(tmp_path, capsys):
+    from mirage_jax.preprocess import main
+
+    argv = ["--dataset", "synthetic_worlds/tiny", "--vae-config", "tiny", "--out", str(tmp_path)]
+    assert main(argv + ["--text-encoder", "hashed:0:4"]) == 2
+    assert "hashed:DIM:LEN" in capsys.readouterr().err
+    assert main(argv + ["--devices", "999"]) == 2
+    assert "999" in capsys.readouterr().err

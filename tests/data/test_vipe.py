@@ -12,6 +12,8 @@ import pytest
 from mirage_jax.data import vipe
 from mirage_jax.errors import FileFormatError
 
+# imageio-ffmpeg starts ffmpeg with subprocess (fork + exec at once), which JAX warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 T, H, W = 5, 64, 64
 
 
