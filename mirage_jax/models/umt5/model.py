@@ -356,9 +356,10 @@ class UMT5Encoder(nnx.Module):
                     f"input_ids: {int(bad.sum())} ids outside [0, {self.config.vocab_size}) "
                     f"(e.g. {ids[bad][:5].tolist()}); the tokenizer does not match this encoder's vocabulary"
                 )
-        table = self.token_embedding[...].astype(jnp.float32)
         ids = jnp.where(input_ids < 0, self.config.vocab_size, input_ids)  # negative ids must not wrap
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        # Gather rows in the stored dtype, then widen them (never the whole 256k-row table).
+        rows = jnp.take(self.token_embedding[...], ids, axis=0, mode="fill", fill_value=jnp.nan)
+        return rows.astype(jnp.float32)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         input_ids = jnp.asarray(input_ids) if not isinstance(input_ids, jax.core.Tracer) else input_ids
