@@ -282,7 +282,8 @@ class VipeFolderSource:
     """ViPE clip folders under ``root`` (read directly, no intermediate dataset) as a clip source.
 
     ``__getitem__`` returns the clip dict of :func:`mirage_jax.data.vipe.vipe_example`, or raises
-    :class:`RejectedClip` for a clip whose dynamic mask covers too much of a frame.
+    :class:`~mirage_jax.data.vipe.RejectedClip` for a clip whose dynamic mask covers too much
+    of a frame.
     """
 
     def __init__(self, root, config=None):
@@ -296,23 +297,10 @@ class VipeFolderSource:
         return len(self.folders)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from mirage_jax.data.vipe import mask_rejection, vipe_example
+        from mirage_jax.data.vipe import vipe_example
 
         folder = self.folders[i]
-        scene_id = os.path.relpath(folder, self.root).replace(os.sep, "/")
-        clip = vipe_example(folder, self.config, scene_id=scene_id)
-        bad = mask_rejection(clip["mask_fraction"], self.config.max_mask_fraction)
-        if bad is not None:
-            raise RejectedClip(scene_id, f"dynamic mask covers {100 * bad[1]:.1f}% of frame {bad[0]}")
-        return clip
-
-
-class RejectedClip(Exception):
-    """A clip the source refuses by rule (not an error): counted and listed in the manifest."""
-
-    def __init__(self, scene_id: str, reason: str):
-        super().__init__(f"{scene_id}: {reason}")
-        self.scene_id, self.reason = scene_id, reason
+        return vipe_example(folder, self.config, scene_id=os.path.relpath(folder, self.root).replace(os.sep, "/"))
 
 
 def open_clip_source(dataset: str, *, split: str = "train", data_dir=None, source_dir=None):
@@ -409,13 +397,14 @@ def preprocess(
     """Encodes every clip of ``source`` into ``out_dir`` (module docstring) -> this split's manifest entry.
 
     ``source``: ``len`` / ``[i]`` -> clip dict (:func:`open_clip_source`); ``[i]`` may raise
-    :class:`RejectedClip`. ``encoder``: uint8 videos [B, T, H, W, 3] -> latents [B, F, h, w, C]
-    with a ``batch_size`` attribute (:class:`LatentEncoder`). ``text_encoder``: texts -> [B, L, D].
+    :class:`~mirage_jax.data.vipe.RejectedClip` (counted and listed, not written). ``encoder``:
+    uint8 videos [B, T, H, W, 3] -> latents [B, F, h, w, C] with a ``batch_size`` attribute
+    (:class:`LatentEncoder`). ``text_encoder``: texts -> [B, L, D].
     ``settings``: what else identifies the run (dataset name, source...) in the manifest; a
     restart with different settings raises :class:`~mirage_jax.errors.ConfigError`.
 
-    Returns ``{num_clips, num_shards, shards: {k: {source_range, records, rejected, bytes}},
-    tail_frames_dropped, complete}``; every skipped or dropped thing is counted there.
+    Returns ``{run, num_clips, num_shards, complete, shards: {k: {source_range, records,
+    rejected, tail_frames_dropped, bytes}}}``; every skipped or dropped thing is counted there.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -494,12 +483,14 @@ def preprocess(
 
 def _batches(source, indices: Iterable[int], batch_size: int, rejected: list) -> Iterable[list[tuple[int, dict]]]:
     """Consecutive clips in batches of at most ``batch_size`` with one usable shape each."""
+    from mirage_jax.data.vipe import RejectedClip
+
     batch: list[tuple[int, dict]] = []
     for i in indices:
         try:
             clip = source[i]
         except RejectedClip as r:
-            rejected.append([i, r.scene_id, r.reason])
+            rejected.append([i, r.scene_id, str(r)])
             continue
         frames = np.asarray(clip["frames"])
         if frames.ndim != 4 or frames.dtype != np.uint8:
@@ -553,7 +544,6 @@ def open_latent_clips(path, split: str = "train"):
 __all__ = [
     "HashedTextEncoder",
     "LatentEncoder",
-    "RejectedClip",
     "VipeFolderSource",
     "exclusion_mask",
     "latent_features",

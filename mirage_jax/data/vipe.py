@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from mirage_jax.data.builders import _discover_splits, _ManualDirBuilder, _split_root, resize_crop_clip
+from mirage_jax.data.builders import _discover_splits, _ManualDirBuilder, _split_root, clip_features, resize_crop_clip
 from mirage_jax.errors import FileFormatError, MirageError, check_hw, file_error
 
 VIDEO_NAME = "clip.mp4"
@@ -412,10 +412,27 @@ VIPE_CONFIGS = (
 )
 
 
+class RejectedClip(Exception):
+    """A clip refused by rule, not an error: its dynamic mask covers more than the allowed share
+    of a frame. Counted and listed by the builder and the preprocessing."""
+
+    def __init__(self, scene_id: str, frame: int, fraction: float, limit: float):
+        super().__init__(f"{scene_id}: dynamic mask covers {100 * fraction:.1f}% of frame {frame} (> {100 * limit:.0f}%)")
+        self.scene_id, self.frame, self.fraction = scene_id, frame, fraction
+
+
 def vipe_example(folder, config: VipeClipsConfig, *, scene_id: str) -> dict[str, Any]:
-    """One clip folder -> a ``vipe_clips`` example (resized to ``config.image_hw`` when set)."""
+    """One clip folder -> a ``vipe_clips`` example (resized to ``config.image_hw`` when set).
+
+    Raises :class:`RejectedClip` when the dynamic mask covers more than
+    ``config.max_mask_fraction`` of a frame (measured at the source resolution).
+    """
     clip = read_vipe_clip(folder, require_caption=config.require_caption)
-    meta = {k: clip.pop(k) for k in ("caption", "has_masks", "mask_fraction", "frame_indices")}
+    bad = mask_rejection(clip["mask_fraction"], config.max_mask_fraction)
+    if bad is not None:
+        raise RejectedClip(scene_id, bad[0], bad[1], config.max_mask_fraction)
+    meta = {k: clip.pop(k) for k in ("caption", "has_masks", "frame_indices")}
+    meta["max_mask_fraction"] = np.float32(clip.pop("mask_fraction").max())
     if config.image_hw is not None:
         clip = resize_crop_clip(clip, config.image_hw)
     clip.update(meta, scene_id=scene_id, source_dir=os.fspath(folder))
@@ -451,20 +468,18 @@ class VipeClips(_ManualDirBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Clips in the reference's ViPE layout: RGB, z-depth, dynamic masks, cameras, captions.",
-            features=feats.FeaturesDict(
-                {
-                    "frames": feats.Tensor(shape=(None, H, W, 3), dtype=np.uint8, encoding="zlib"),
-                    "depth": feats.Tensor(shape=(None, H, W), dtype=np.float16, encoding="zlib"),
-                    "dynamic_mask": feats.Tensor(shape=(None, H, W), dtype=np.bool_, encoding="zlib"),
-                    "intrinsics": feats.Tensor(shape=(None, 3, 3), dtype=np.float32),
-                    "cam2world": feats.Tensor(shape=(None, 4, 4), dtype=np.float32),
-                    "frame_indices": feats.Tensor(shape=(None,), dtype=np.int64),
-                    "mask_fraction": feats.Tensor(shape=(None,), dtype=np.float32),
+            features=clip_features(
+                None,
+                H,
+                W,
+                depth_dtype=np.float16,
+                masks=("dynamic_mask",),
+                per_frame={"frame_indices": np.int64},
+                clip={
+                    "max_mask_fraction": feats.Scalar(dtype=np.float32),
                     "has_masks": feats.Scalar(dtype=np.bool_),
-                    "scene_id": feats.Text(),
-                    "caption": feats.Text(),
                     "source_dir": feats.Text(),
-                }
+                },
             ),
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,
@@ -483,20 +498,18 @@ class VipeClips(_ManualDirBuilder):
         for video in videos:
             folder = video.parent
             scene_id = os.path.relpath(os.fspath(folder), os.fspath(split_root)).replace(os.sep, "/")
-            example = vipe_example(folder, cfg, scene_id=scene_id)
-            bad = mask_rejection(example["mask_fraction"], cfg.max_mask_fraction)
-            if bad is not None:
-                rejected.append([scene_id, bad[0], round(bad[1], 6)])
-                logging.warning("vipe_clips: rejected %s: dynamic mask covers %.1f%% of frame %d (> %.0f%%)",
-                                folder, 100 * bad[1], bad[0], 100 * cfg.max_mask_fraction)
-                continue
-            yield scene_id, example
+            try:
+                yield scene_id, vipe_example(folder, cfg, scene_id=scene_id)
+            except RejectedClip as r:
+                rejected.append([scene_id, r.frame, round(r.fraction, 6)])
+                logging.warning("vipe_clips: rejected %s", r)
         self.info.metadata.setdefault("rejected", {})[split] = rejected
         logging.info("vipe_clips/%s: %s: %d clips written, %d rejected", cfg.name, split, len(videos) - len(rejected), len(rejected))
 
 
 __all__ = [
     "MAX_MASK_FRACTION",
+    "RejectedClip",
     "VIPE_CONFIGS",
     "VipeClips",
     "VipeClipsConfig",
