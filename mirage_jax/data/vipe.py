@@ -26,7 +26,7 @@ reference's training code).
 
 Dependencies (optional extra ``vipe``): ``imageio-ffmpeg`` (decodes / encodes the mp4 with its
 bundled ffmpeg binary; no system ffmpeg needed) and ``openexr`` (the Academy Software
-Foundation's bindings, reads the EXR members from memory).
+Foundation's bindings, 3.3 or later).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import dataclasses
 import io
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -117,11 +118,16 @@ def decode_exr_depth(data: bytes, where: str, channel: str = "Z") -> np.ndarray:
     import OpenEXR
 
     try:
-        with OpenEXR.File(io.BytesIO(data), separate_channels=True) as f:
-            channels = f.channels()
-            if channel not in channels:
-                raise FileFormatError(f"{where}: no channel {channel!r} (channels: {sorted(channels)})")
-            pixels = np.array(channels[channel].pixels)
+        # Through a temporary file: OpenEXR's Python bindings read file-like objects only from 3.4 on.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "frame.exr")
+            with open(path, "wb") as out:
+                out.write(data)
+            with OpenEXR.File(path, separate_channels=True) as f:
+                channels = f.channels()
+                if channel not in channels:
+                    raise FileFormatError(f"{where}: no channel {channel!r} (channels: {sorted(channels)})")
+                pixels = np.array(channels[channel].pixels)
     except MirageError:
         raise
     except Exception as err:  # OpenEXR raises plain RuntimeError / ValueError / its own errors
@@ -341,13 +347,13 @@ def write_vipe_clip(folder, *, frames, depth, cam2world, intrinsics, dynamic_mas
     for f in frames:
         writer.send(np.ascontiguousarray(f))
     writer.close()
-    with zipfile.ZipFile(os.path.join(folder, DEPTH_NAME), "w") as zf:
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with zipfile.ZipFile(os.path.join(folder, DEPTH_NAME), "w") as zf, tempfile.TemporaryDirectory() as tmp:
         for i in range(T):
-            header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-            buf = io.BytesIO()
+            path = os.path.join(tmp, f"{i:05d}.exr")
             with OpenEXR.File(header, {"Z": np.ascontiguousarray(depth[i], np.float16)}) as exr:
-                exr.write(buf)
-            zf.writestr(f"{i:05d}.exr", buf.getvalue())
+                exr.write(path)
+            zf.write(path, f"{i:05d}.exr")
     if dynamic_mask is not None:
         masks = np.asarray(dynamic_mask, bool)
         if masks.shape != (T, H, W):

@@ -121,10 +121,10 @@ def test_exr_without_float16_z_raises(copy):
     import OpenEXR
 
     folder = copy()
-    buf = io.BytesIO()
+    path = str(folder / "float32.exr")
     with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION}, {"Z": np.ones((H, W), np.float32)}) as f:
-        f.write(buf)
-    _rewrite_member(folder / "depth.zip", "00001.exr", buf.getvalue())
+        f.write(path)
+    _rewrite_member(folder / "depth.zip", "00001.exr", open(path, "rb").read())
     with pytest.raises(FileFormatError, match=r"member '00001\.exr'.*float32.*expected float16"):
         vipe.read_vipe_clip(folder)
 
