@@ -262,11 +262,11 @@ class UMT5Attention(nnx.Module):
         q, k, v = (proj(x).reshape(b, n, self.heads, self.d_kv) for proj in (self.q, self.k, self.v))
         bias = jnp.take(self.relative_attention_bias[...].astype(jnp.float32), buckets, axis=0)  # [L, L, H]
         bias = jnp.transpose(bias, (2, 0, 1))[None]  # [1, H, L, L] float32 (added to float32 logits)
-        if self.implementation == "cudnn":  # cuDNN wants the bias in the input dtype
+        mask = key_mask[:, None, None, :]
+        if self.implementation == "cudnn":  # cuDNN wants the bias in the input dtype, the mask per query
             bias = bias.astype(q.dtype)
-        out = jax.nn.dot_product_attention(
-            q, k, v, bias=bias, mask=key_mask[:, None, None, :], scale=1.0, implementation=self.implementation
-        )
+            mask = jnp.broadcast_to(mask, (b, 1, n, n))
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0, implementation=self.implementation)
         return self.o(out.reshape(b, n, self.heads * self.d_kv))
 
 
