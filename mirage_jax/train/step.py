@@ -220,7 +220,7 @@ def _step_impl(graphdef, state, batch, score, empty_text, cfg: SampleConfig, acc
         grads, auxs = jax.lax.scan(body, zero, (_microbatches(batch, accum), jnp.arange(accum)))
         grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grads, params)
         aux = jax.tree.map(jnp.mean, auxs)
-    aux["grad_norm"] = optax.global_norm(grads)
+    aux["grad_norm"] = optax.tree.norm(grads)
     ts.optimizer.update(ts.model, grads)
     return nnx.state(ts), aux
 
