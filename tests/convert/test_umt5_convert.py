@@ -145,3 +145,48 @@ def test_coverage_and_file_errors(encoder, tmp_path):
         load_umt5(tmp_path / "enc")
     with pytest.raises(FileFormatError, match="does not exist"):
         load_umt5(tmp_path / "nowhere")
+
+
+@pytest.mark.parity
+def test_wan_table_matches_a_transcription_of_wan_t5(encoder):
+    """The Wan names play the roles the table gives them: a torch transcription of Wan's
+    ``T5Encoder`` (wan/modules/t5.py, shared_pos=False) fed the Wan-named export gives our output."""
+    torch = pytest.importorskip("torch")
+    import math
+
+    w = {k: torch.from_numpy(np.array(v)) for k, v in export_state(encoder, "wan").items()}
+    ids = np.arange(30, dtype=np.int64).reshape(2, 15) % CFG.vocab_size
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+
+    def norm(x, weight):
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+    def buckets(n, num=CFG.relative_attention_num_buckets, max_dist=128):
+        rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        num //= 2
+        out = (rel > 0).long() * num
+        rel = rel.abs()
+        exact = num // 2
+        large = exact + (torch.log(rel.float() / exact) / math.log(max_dist / exact) * (num - exact)).long()
+        return out + torch.where(rel < exact, rel, large.clamp(max=num - 1))
+
+    x = w["token_embedding.weight"][torch.from_numpy(ids)]
+    m = torch.from_numpy(mask)
+    b, n, h = 2, 15, CFG.num_heads
+    for i in range(CFG.num_layers):
+        p = f"blocks.{i}."
+        e = w[p + "pos_embedding.embedding.weight"][buckets(n)].permute(2, 0, 1)[None]
+        y = norm(x, w[p + "norm1.weight"])
+        q, k, v = (torch.nn.functional.linear(y, w[p + f"attn.{c}.weight"]).view(b, n, h, -1) for c in "qkv")
+        bias = e.masked_fill(m.view(b, 1, 1, n) == 0, torch.finfo(x.dtype).min)
+        a = torch.softmax(torch.einsum("binc,bjnc->bnij", q, k) + bias, -1)
+        x = x + torch.nn.functional.linear(torch.einsum("bnij,bjnc->binc", a, v).reshape(b, n, -1), w[p + "attn.o.weight"])
+        y = norm(x, w[p + "norm2.weight"])
+        gate = torch.nn.functional.gelu(torch.nn.functional.linear(y, w[p + "ffn.gate.0.weight"]), approximate="tanh")
+        x = x + torch.nn.functional.linear(torch.nn.functional.linear(y, w[p + "ffn.fc1.weight"]) * gate, w[p + "ffn.fc2.weight"])
+    ref = norm(x, w["norm.weight"]).numpy()
+    out = np.asarray(encoder(ids.astype(np.int32), mask))
+    np.testing.assert_allclose(out[0], ref[0], atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(out[1, :9], ref[1, :9], atol=1e-5 * np.abs(ref).max())
+    assert np.all(out[1, 9:] == 0)
