@@ -179,6 +179,16 @@ def test_config_validation():
         UMT5Config(dense_act_fn="relu")
     with pytest.raises(ConfigError, match="d_model"):
         UMT5Config(d_model=0)
+    # The config.json of Wan's diffusers text_encoder (umt5-xxl).
+    wan = {"architectures": ["UMT5EncoderModel"], "classifier_dropout": 0.0, "d_ff": 10240, "d_kv": 64, "d_model": 4096,
+           "decoder_start_token_id": 0, "dense_act_fn": "gelu_new", "dropout_rate": 0.1, "eos_token_id": 1,
+           "feed_forward_proj": "gated-gelu", "initializer_factor": 1.0, "is_encoder_decoder": True,
+           "is_gated_act": True, "layer_norm_epsilon": 1e-06, "model_type": "umt5", "num_decoder_layers": 24,
+           "num_heads": 64, "num_layers": 24, "output_past": True, "pad_token_id": 0,
+           "relative_attention_max_distance": 128, "relative_attention_num_buckets": 32, "scalable_attention": True,
+           "tie_word_embeddings": False, "tokenizer_class": "T5Tokenizer", "torch_dtype": "float32",
+           "transformers_version": "4.49.0", "use_cache": True, "vocab_size": 256384}
+    assert UMT5Config.from_transformers(wan) == UMT5Config.umt5_xxl()
     d = CFG.to_transformers()
     assert UMT5Config.from_transformers(d) == CFG
     assert UMT5Config.from_transformers({**d, "dense_act_fn": "gelu", "dropout_rate": 0.0}) == CFG
