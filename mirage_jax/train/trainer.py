@@ -115,6 +115,11 @@ def parse_config(config: ml_collections.ConfigDict) -> RunConfig:
     runtime = _build(WanRuntime, "runtime", _plain(config.runtime))
     sample = _build(SampleConfig, "sample", _plain(config.sample))
     optim = _build(OptimConfig, "optim", _plain(config.optim))
+    if model.control_in_channels != 2 * dit.in_channels:
+        raise ConfigError(
+            f"config.model.control_in_channels = {model.control_in_channels}: training builds the control input as "
+            f"readout || score latent = {2 * dit.in_channels} channels (the hole-mask variant is not trained here)"
+        )
     if stage == 2 and model.lora_rank < 1:
         raise ConfigError("config.stage = 2 trains LoRA only; set config.model.lora_rank > 0")
     if stage == 1 and model.lora_rank > 0:
@@ -276,10 +281,11 @@ class Trainer:
         tx = make_tx(rc.optim)
         latest = self.checkpointer.latest_step()
         if latest is not None:
+            stored_stage = self.checkpointer.read_meta(latest).get("stage")
+            if stored_stage != rc.stage:
+                raise ConfigError(f"{self.workdir}: its checkpoints are stage {stored_stage}, config.stage = {rc.stage}")
             self.state = _abstract_train_state(model_factory, tx, trainable, int(t.seed), self.mesh, self.rules)
-            meta = self.checkpointer.restore(self.state, self.iterator, latest)
-            if meta.get("stage") != rc.stage:
-                raise ConfigError(f"{self.workdir}: its checkpoints are stage {meta.get('stage')}, config.stage = {rc.stage}")
+            self.checkpointer.restore(self.state, self.iterator, latest)
             log.info("resumed %s at step %d", self.workdir, latest)
         else:
             self.state = create_train_state(model_factory, tx, trainable, seed=int(t.seed), mesh=self.mesh, rules=self.rules)
@@ -448,11 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    argv = ["mirage-jax train"] + list(argv or [])
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "training config file (get_config)", flag_values=fv)
+    config_flags.DEFINE_config_file("config", None, "training config file (get_config)", flag_values=fv, sys_argv=argv)
     try:
-        fv(["mirage-jax train"] + list(argv or []))
-    except flags.Error as err:
+        fv(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:  # bad flag, key or value
         raise ConfigError(f"mirage-jax train: {err}") from err
     if fv.config is None:
         raise ConfigError("mirage-jax train: --config <file.py> is required")
