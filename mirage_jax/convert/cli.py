@@ -11,21 +11,27 @@ each with metadata ``{"kind": ..., "config": ..., "source": ..., "format": ...}`
 With ``--mesh`` the weights are loaded sharded over the local devices (mesh axes
 ``fsdp, tp``), never materialised whole on one device.
 
-Exit status: 0 on success; 2 for bad arguments; 1 when a conversion fails.
+Exit status: 0 on success; 2 for a user error (bad arguments, a mesh larger than the devices,
+``--out`` naming a file, missing or malformed inputs, a checkpoint that does not fit the model),
+reported as ``mirage-jax convert: error: <problem>`` on stderr; 1 for an unexpected failure
+(e.g. the disk filling up).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-PRESETS = ("wan22_ti2v_5b", "wan21_t2v_1_3b", "small", "tiny")
+
+class UsageError(Exception):
+    """A bad command line (exit 2)."""
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mirage_jax.convert.wan_dit import PRESETS
+
     p = argparse.ArgumentParser(prog="mirage-jax convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--transformer", help="diffusers transformer dir (or pipeline dir), original Wan DiT "
                    "safetensors file / index / dir")
@@ -43,19 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _dit_config(arg: str | None):
-    from mirage_jax.models.wan.dit import WanDiTConfig
-
-    if arg is None:
-        return None
-    if arg in PRESETS:
-        return getattr(WanDiTConfig, arg)()
-    path = Path(arg)
-    if not path.exists():
-        raise ValueError(f"--config {arg!r} is neither a preset {PRESETS} nor an existing JSON file")
-    return json.loads(path.read_text())
-
-
 def _convert_transformer(args, out: Path, mesh) -> None:
     from mirage_jax import checkpoint as ckpt
     from mirage_jax.convert import wan_dit
@@ -68,10 +61,13 @@ def _convert_transformer(args, out: Path, mesh) -> None:
         fmt = wan_dit.detect_format(open_safetensors(wan_dit._transformer_dir(src)).keys())
     runtime = WanRuntime(param_dtype=args.param_dtype)
     t0 = time.perf_counter()
+    kw = dict(runtime=runtime, mesh=mesh, rules=args.rules)
     if fmt == "diffusers":
-        config, model = wan_dit.load_diffusers_transformer(src, runtime, mesh, args.rules)
+        if args.config:
+            raise UsageError("--config is for the original Wan format; a diffusers directory has its config.json")
+        config, model = wan_dit.load_diffusers_transformer(src, **kw)
     else:
-        config, model = wan_dit.load_wan_original_transformer(src, _dit_config(args.config), runtime, mesh, args.rules)
+        config, model = wan_dit.load_wan_original_transformer(src, args.config, **kw)
     t1 = time.perf_counter()
     meta = {"kind": "wan_dit", "config": config.to_diffusers(), "source": str(src.absolute()), "format": fmt}
     ckpt.save_model(out, model, metadata=meta, force=args.force)
@@ -84,6 +80,7 @@ def _convert_transformer(args, out: Path, mesh) -> None:
 def _convert_vae(args, out: Path, mesh=None) -> None:
     from mirage_jax import checkpoint as ckpt
     from mirage_jax.convert import wan_vae
+    from mirage_jax.models.wan import WanRuntime
 
     src = Path(args.vae)
     fmt = args.format
@@ -93,44 +90,61 @@ def _convert_vae(args, out: Path, mesh=None) -> None:
         fmt = "wan" if src.is_file() else "diffusers"
     loader = wan_vae.load_diffusers_vae if fmt == "diffusers" else wan_vae.load_wan_original_vae
     t0 = time.perf_counter()
-    config, model = loader(src, param_dtype=args.param_dtype, mesh=mesh, sharding_rules=args.rules)
+    config, model = loader(src, runtime=WanRuntime(param_dtype=args.param_dtype), mesh=mesh, rules=args.rules)
     t1 = time.perf_counter()
     meta = {"kind": "wan_vae", "config": config.to_diffusers(), "source": str(src.absolute()), "format": fmt}
     ckpt.save_model(out, model, metadata=meta, force=args.force)
     print(f"vae: {fmt} {src} -> {out} (load {t1 - t0:.1f} s, save {time.perf_counter() - t1:.1f} s)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _check_args(args) -> tuple[Path, object]:
+    """Validates the command line before any work -> (output dir, mesh or None); UsageError."""
     if not args.transformer and not args.vae:
-        print("mirage-jax convert: give --transformer and/or --vae", file=sys.stderr)
-        return 2
+        raise UsageError("give --transformer and/or --vae")
+    for flag, value in (("--transformer", args.transformer), ("--vae", args.vae)):
+        if value and not Path(value).exists():
+            raise UsageError(f"{flag} {value}: no such file or directory")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file; give a directory")
     targets = ([out / "transformer"] if args.transformer else []) + ([out / "vae"] if args.vae else [])
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.force:
-        print(f"mirage-jax convert: {existing} exist; pass --force to overwrite", file=sys.stderr)
-        return 2
+        raise UsageError(f"{', '.join(existing)} exist; pass --force to overwrite")
     mesh = None
     if args.mesh:
-        from mirage_jax.sharding import make_mesh
-
         try:
             shape = tuple(int(x) for x in args.mesh.split(","))
-            if len(shape) != 2:
-                raise ValueError
         except ValueError:
-            print(f"mirage-jax convert: --mesh wants 'FSDP,TP', got {args.mesh!r}", file=sys.stderr)
-            return 2
+            shape = ()
+        if len(shape) != 2 or min(shape) < 1:
+            raise UsageError(f"--mesh wants two positive ints 'FSDP,TP' (e.g. 1,8), got {args.mesh!r}")
+        import jax
+
+        from mirage_jax.sharding import make_mesh
+
+        if shape[0] * shape[1] > jax.device_count():
+            raise UsageError(f"--mesh {args.mesh} needs {shape[0] * shape[1]} devices, this machine has {jax.device_count()}")
         mesh = make_mesh(shape, ("fsdp", "tp"))
-    out.mkdir(parents=True, exist_ok=True)
+    return out, mesh
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from mirage_jax.errors import MirageError
+
     try:
+        out, mesh = _check_args(args)
+        out.mkdir(parents=True, exist_ok=True)
         if args.transformer:
             _convert_transformer(args, out / "transformer", mesh)
         if args.vae:
             _convert_vae(args, out / "vae", mesh)
-    except (ValueError, FileNotFoundError, NotImplementedError, OSError) as e:
-        print(f"mirage-jax convert: {type(e).__name__}: {e}", file=sys.stderr)
+    except (UsageError, MirageError, FileNotFoundError, NotImplementedError) as e:
+        print(f"mirage-jax convert: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"mirage-jax convert: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,22 +11,31 @@ once, every source key used or matched by an explicit ``ignore`` pattern. Any vi
 :func:`export` applies the same table backwards.
 
 Target paths are NNX state paths joined with dots (``blocks.3.attn1.to_q.kernel``); see
-:func:`flat_state_shapes`, :func:`flat_state_arrays` and :func:`load_flat_into`.
+:func:`flat_state_shapes` and :func:`flat_state_arrays`. With ``lazy=True`` :func:`convert`
+checks coverage and shapes without reading any data and returns
+:class:`mirage_jax.convert.place.Lazy` readers, which :func:`mirage_jax.convert.place.place`
+reads one parameter at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
+import os
 import re
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from mirage_jax.errors import ConfigError, FileFormatError, file_error
 
 Array = np.ndarray
 
 
-class ConversionError(ValueError):
-    """Coverage or shape mismatch between a checkpoint and a model."""
+class ConversionError(FileFormatError):
+    """Coverage or shape mismatch between a checkpoint (or a flat array mapping) and a model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +45,19 @@ class Transform:
     name: str
     forward: Callable[[Array], Array]
     inverse: Callable[[Array], Array]
+    shape: Callable[[tuple], tuple]  # source shape -> target shape (what ``forward`` gives)
 
 
-IDENTITY = Transform("identity", lambda x: x, lambda x: x)
+IDENTITY = Transform("identity", lambda x: x, lambda x: x, lambda s: tuple(s))
 # torch Linear weight [out, in] -> flax kernel [in, out].
-LINEAR = Transform("linear", lambda x: np.ascontiguousarray(x.T), lambda x: np.ascontiguousarray(x.T))
+LINEAR = Transform("linear", lambda x: np.ascontiguousarray(x.T), lambda x: np.ascontiguousarray(x.T),
+                   lambda s: tuple(s)[::-1])
 # torch ConvNd weight [out, in, *k] -> flax kernel [*k, in, out].
 CONV = Transform(
     "conv",
     lambda x: np.ascontiguousarray(np.moveaxis(x, (0, 1), (-1, -2))),
     lambda x: np.ascontiguousarray(np.moveaxis(x, (-1, -2), (0, 1))),
+    lambda s: tuple(s[2:]) + (s[1], s[0]) if len(s) >= 2 else tuple(s),
 )
 
 
@@ -94,8 +106,15 @@ def convert(
     target_shapes: Mapping[str, tuple],
     ignore: Sequence[str] = (),
     what: str = "checkpoint",
-) -> dict[str, Array]:
-    """Converts a flat source mapping to flat target arrays, with a full coverage check."""
+    lazy: bool = False,
+) -> dict[str, Any]:
+    """Converts a flat source mapping to flat target arrays, with a full coverage check.
+
+    ``lazy``: check names and shapes only (``Transform.shape``) and return
+    :class:`~mirage_jax.convert.place.Lazy` readers instead of arrays (nothing is read).
+    """
+    from mirage_jax.convert.place import Lazy
+
     compiled = [(r._source_re(), r) for r in rules]
     ignored = [re.compile(p) for p in ignore]
     out: dict[str, Array] = {}
@@ -114,9 +133,14 @@ def convert(
         if tkey in out:
             duplicated.append(f"{tkey} <- {sources_of[tkey]} and {key}")
             continue
-        arr = rule.transform.forward(np.asarray(value))
-        if tuple(arr.shape) != tuple(target_shapes[tkey]):
-            misshaped.append(f"{key} {tuple(np.shape(value))} -> {tkey}: got {tuple(arr.shape)}, model wants {tuple(target_shapes[tkey])}")
+        if lazy:
+            got = tuple(rule.transform.shape(tuple(np.shape(value))))
+            arr = Lazy(got, functools.partial(_forward, rule.transform, source, key))
+        else:
+            arr = rule.transform.forward(np.asarray(value))
+            got = tuple(arr.shape)
+        if got != tuple(target_shapes[tkey]):
+            misshaped.append(f"{key} {tuple(np.shape(value))} -> {tkey}: got {got}, model wants {tuple(target_shapes[tkey])}")
             continue
         out[tkey] = arr
         sources_of[tkey] = key
@@ -131,6 +155,10 @@ def convert(
             f"  shape mismatches ({len(misshaped)}):{_fmt(misshaped)}"
         )
     return out
+
+
+def _forward(transform: Transform, source: Mapping[str, Array], key: str) -> Array:
+    return transform.forward(np.asarray(source[key]))
 
 
 def export(target: Mapping[str, Array], rules: Sequence[Rule], what: str = "model") -> dict[str, Array]:
@@ -188,28 +216,66 @@ def flat_state_arrays(model, filter=None) -> dict[str, Array]:
     return {_path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
 
 
-def load_flat_into(model, arrays: Mapping[str, Array], filter=None, dtype=None) -> None:
-    """Writes a complete flat {path: array} mapping into a model's variables in place.
+# --------------------------------------------------------------------------------------------
+# config.json files.
+# --------------------------------------------------------------------------------------------
 
-    Every variable of the filter must be present (ConversionError otherwise). Values are cast to
-    each variable's dtype (or ``dtype``) and keep the variable's sharding when it has one.
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
-    state = nnx.state(model, filter or nnx.Param)
-    flat = nnx.to_flat_state(state)
-    missing = [_path_str(p) for p, _ in flat if _path_str(p) not in arrays]
-    if missing:
-        raise ConversionError(f"load: values missing for ({len(missing)}):{_fmt(missing)}")
-    for path, var in flat:
-        cur = var.get_value()
-        new = jnp.asarray(arrays[_path_str(path)], dtype=dtype or cur.dtype)
-        if new.shape != cur.shape:
-            raise ConversionError(f"load: {_path_str(path)} has shape {new.shape}, model wants {cur.shape}")
-        sharding = getattr(cur, "sharding", None)
-        if sharding is not None and not isinstance(cur, jax.ShapeDtypeStruct):
-            new = jax.device_put(new, sharding)
-        var.set_value(new)
-    nnx.update(model, state)
+def _type_problem(value, default) -> str | None:
+    """Why ``value`` cannot stand for a field whose default is ``default`` (None: it can)."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "expected a number"
+        return None if math.isfinite(value) else "expected a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "expected a string"
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            return "expected a list"
+        for item in value:
+            why = _type_problem(item, default[0]) if default else None
+            if why:
+                return f"{why} in the list, got {item!r}"
+    return None
+
+
+def check_config_types(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Raises :class:`~mirage_jax.errors.ConfigError` naming the key when a value of ``config``
+    does not have the type of ``defaults[key]`` (int, finite float, bool, str, or a list of
+    those; None values and keys without a default are left to the caller)."""
+    for key, default in defaults.items():
+        if config.get(key) is not None:
+            why = _type_problem(config[key], default)
+            if why:
+                raise ConfigError(f"key {key!r}: {why}, got {config[key]!r}")
+
+
+def read_config_json(path: str | os.PathLike, parse: Callable[[dict], Any], fields: Any = None) -> Any:
+    """``parse(json dict)`` of a ``config.json``; every problem is a :class:`FileFormatError`
+    naming the file (and the key): unreadable or non-JSON text, a top level that is not an
+    object, a value of the wrong type for ``fields`` (a dataclass whose defaults give the
+    types: int, finite float, bool, str, lists of those), or anything ``parse`` refuses."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise file_error(path, f"not valid JSON ({e})") from e
+    except OSError as e:
+        raise file_error(path, f"cannot be read ({e.strerror or e})") from e
+    if not isinstance(config, dict):
+        raise file_error(path, f"expected a JSON object of config keys, got {type(config).__name__}")
+    try:
+        if fields is not None:
+            check_config_types(config, {f.name: f.default for f in dataclasses.fields(fields)
+                                        if f.default is not dataclasses.MISSING})
+        return parse(config)
+    except FileFormatError:
+        raise
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise file_error(path, str(e)) from e

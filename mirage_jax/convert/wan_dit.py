@@ -21,19 +21,20 @@ Name tables (source regex -> NNX path, with exact inverse transforms):
 Linear weights ``[out, in]`` become kernels ``[in, out]`` (LINEAR); the Conv3d patch embedding
 ``[dim, C, pt, ph, pw]`` becomes ``[pt, ph, pw, C, dim]`` (CONV).
 
-Loading streams: the checkpoint is memory-mapped and converted one block at a time (each group
-with the full coverage check of :func:`mirage_jax.convert.table.convert`), and every parameter
-is placed straight into its target sharding (``jax.device_put`` of the host array onto a
-``NamedSharding`` copies each device only its shard; scanned layouts are filled layer by layer
-into preallocated sharded stacks), so no device ever holds a full copy and the host holds at
-most one block.
+Loading streams: the checkpoint is memory-mapped, names and shapes are checked against the model
+first (the full coverage check of :func:`mirage_jax.convert.table.convert`, nothing read), then
+:func:`mirage_jax.convert.place.place` converts one tensor at a time and puts it straight into
+its target sharding (scanned layouts are stacked on device from per-layer pieces), so no device
+ever holds a full copy and the host holds one tensor at a time.
+
+Every loader has the signature ``(path, *, runtime=None, mesh=None, rules=None)`` (plus the
+config of an original release, which ships without one) and returns ``(config, model)``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,11 +42,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import Mesh
 
+from mirage_jax.convert.place import flat_variables, place, unstack_layers
 from mirage_jax.convert.safetensors_io import open_safetensors, save_sharded_safetensors
-from mirage_jax.convert.table import CONV, LINEAR, ConversionError, Rule, convert, export
-from mirage_jax.models.wan.dit import WanDiT, WanDiTConfig, WanRuntime, unstack_layers
+from mirage_jax.convert.table import (
+    CONV,
+    LINEAR,
+    ConversionError,
+    Rule,
+    check_config_types,
+    convert,
+    export,
+    read_config_json,
+)
+from mirage_jax.errors import ConfigError, file_error
+from mirage_jax.models.wan.dit import WanDiT, WanDiTConfig, WanRuntime
 
 __all__ = [
     "DIFFUSERS_RULES",
@@ -57,7 +69,8 @@ __all__ = [
     "load_diffusers_transformer",
     "load_wan_original_transformer",
     "load_transformer",
-    "load_state_into",
+    "transformer_from_state",
+    "PRESETS",
     "export_state",
     "save_diffusers_transformer",
     "save_wan_original_transformer",
@@ -147,13 +160,6 @@ FORMATS = {"diffusers": (DIFFUSERS_RULES, DIFFUSERS_IGNORE), "wan": (WAN_RULES, 
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from e
-
-
 def _transformer_dir(path: Path) -> Path:
     """A diffusers pipeline directory -> its ``transformer`` subfolder; other paths unchanged."""
     if path.is_dir() and not (path / "config.json").exists() and (path / "transformer" / "config.json").exists():
@@ -166,8 +172,27 @@ def load_diffusers_config(path: str | os.PathLike) -> WanDiTConfig:
     path = _transformer_dir(Path(path))
     cfg_path = path / "config.json" if path.is_dir() else path
     if not cfg_path.exists():
-        raise FileNotFoundError(f"no diffusers config.json at {cfg_path}")
-    return WanDiTConfig.from_diffusers(_read_json(cfg_path))
+        raise file_error(cfg_path, "no diffusers config.json there")
+    return read_config_json(cfg_path, WanDiTConfig.from_diffusers, WanDiTConfig)
+
+
+PRESETS = ("wan22_ti2v_5b", "wan21_t2v_1_3b", "small", "tiny")
+
+
+def resolve_config(config: "WanDiTConfig | Mapping[str, Any] | str | os.PathLike") -> WanDiTConfig:
+    """A :class:`WanDiTConfig` from itself, a preset name (:data:`PRESETS`), a config dict in the
+    original (``dim``, ``num_heads``, ...) or diffusers naming, or the path of such a JSON file."""
+    if isinstance(config, WanDiTConfig):
+        return config
+    if isinstance(config, str) and config in PRESETS:
+        return getattr(WanDiTConfig, config)()
+    if isinstance(config, Mapping):
+        return config_from_wan_original(config) if "dim" in config else WanDiTConfig.from_diffusers(config)
+    if isinstance(config, (str, os.PathLike)):
+        if not Path(config).is_file():
+            raise file_error(config, f"config is neither a preset {PRESETS} nor an existing JSON file")
+        return read_config_json(config, resolve_config)
+    raise TypeError(f"config must be a WanDiTConfig, a preset name, a dict or a JSON path; got {type(config).__name__}")
 
 
 _WAN_ORIGINAL_IGNORED = {"text_len", "model_type", "__name__"}
@@ -177,6 +202,9 @@ def config_from_wan_original(config: Mapping[str, Any]) -> WanDiTConfig:
     """:class:`WanDiTConfig` from an original Wan ``config.json`` (``WanModel`` arguments:
     dim, num_heads, in_dim, out_dim, ffn_dim, freq_dim, text_dim, num_layers, patch_size,
     window_size, qk_norm, cross_attn_norm, eps, model_type, text_len)."""
+    check_config_types(config, {"dim": 0, "num_heads": 0, "in_dim": 0, "out_dim": 0, "ffn_dim": 0, "freq_dim": 0,
+                                "text_dim": 0, "num_layers": 0, "eps": 0.0, "cross_attn_norm": True,
+                                "qk_norm": True, "patch_size": (0,), "window_size": (0,)})
     model_type = config.get("model_type", "t2v")
     if model_type not in ("t2v", "ti2v"):
         raise NotImplementedError(f"original Wan model_type {model_type!r}: only 't2v' and 'ti2v' are supported")
@@ -188,13 +216,13 @@ def config_from_wan_original(config: Mapping[str, Any]) -> WanDiTConfig:
              "patch_size", "window_size", "qk_norm", "cross_attn_norm", "eps"} | _WAN_ORIGINAL_IGNORED
     unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
     if unknown:
-        raise ValueError(f"unknown original Wan config keys {unknown}")
+        raise ConfigError(f"unknown original Wan config keys {unknown}")
     missing = [k for k in ("dim", "num_heads", "in_dim", "ffn_dim", "num_layers") if k not in config]
     if missing:
-        raise ValueError(f"original Wan config lacks {missing}")
+        raise ConfigError(f"original Wan config lacks {missing}")
     dim, heads = int(config["dim"]), int(config["num_heads"])
     if dim % heads:
-        raise ValueError(f"dim {dim} is not divisible by num_heads {heads}")
+        raise ConfigError(f"dim {dim} is not divisible by num_heads {heads}")
     return WanDiTConfig(
         patch_size=tuple(config.get("patch_size", (1, 2, 2))),
         num_attention_heads=heads,
@@ -225,21 +253,16 @@ def detect_format(keys) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _flat_params(model_or_state) -> dict[str, nnx.Variable]:
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
-    return {".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(state)}
-
-
 def canonical_shapes(model) -> dict[str, tuple]:
     """``{per-layer NNX path: shape}`` of a (possibly abstract) WanDiT, looped or scanned."""
-    shapes = {k: tuple(v.get_value().shape) for k, v in _flat_params(model).items()}
+    shapes = {k: tuple(v.get_value().shape) for k, v in flat_variables(model).items()}
     return unstack_layers(shapes) if model.runtime.scan_layers else shapes
 
 
 def canonical_arrays(model, dtype=None) -> dict[str, np.ndarray]:
     """``{per-layer NNX path: host array}`` of a WanDiT (gathers sharded parameters)."""
     arrays = {}
-    for k, v in _flat_params(model).items():
+    for k, v in flat_variables(model).items():
         a = np.asarray(jax.device_get(v.get_value()))
         arrays[k] = a.astype(jnp.dtype(dtype)) if dtype is not None else a
     return unstack_layers(arrays) if model.runtime.scan_layers else arrays
@@ -249,56 +272,22 @@ def canonical_arrays(model, dtype=None) -> dict[str, np.ndarray]:
 # Loading.
 # ------------------------------------------------------------------------------------------------
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
-
-def _group_of(key: str) -> int:
-    """Block index of a key (source or canonical target) or -1 for the rest."""
-    m = _BLOCK_RE.match(key)
-    return int(m.group(1)) if m else -1
-
-
-def _target_shardings(abs_state, mesh: Mesh | None, rules) -> dict[str, jax.sharding.Sharding]:
-    if mesh is None:
-        device = SingleDeviceSharding(jax.devices()[0])
-        return {k: device for k in _flat_params(abs_state)}
-    from mirage_jax.sharding import state_shardings
-
-    return {k: v.get_value() for k, v in _flat_params(state_shardings(abs_state, mesh, rules)).items()}
-
-
-_update_cache: dict = {}
-
-
-def _set_layer(stacked: jax.Array, layer: jax.Array, i: int) -> jax.Array:
-    key = (stacked.shape, stacked.dtype, stacked.sharding)
-    if key not in _update_cache:
-        _update_cache[key] = jax.jit(
-            lambda s, x, j: jax.lax.dynamic_update_index_in_dim(s, x.astype(s.dtype), j, 0),
-            donate_argnums=0,
-            out_shardings=stacked.sharding,
-        )
-    return _update_cache[key](stacked, layer, jnp.int32(i))
-
-
-def _zeros(shape, dtype, sharding) -> jax.Array:
-    # Created shard by shard on the devices (jnp.zeros with a sharding), never whole on one.
-    return jnp.zeros(shape, dtype, device=sharding)
-
-
-def load_state_into(
+def transformer_from_state(
     config: WanDiTConfig,
     source: Mapping[str, np.ndarray],
     *,
     format: str = "diffusers",
     runtime: WanRuntime | None = None,
     mesh: Mesh | None = None,
-    rules="fsdp",
+    rules=None,
     what: str = "checkpoint",
 ) -> WanDiT:
-    """Builds a :class:`WanDiT` whose parameters come from a flat ``{name: array}`` source
-    (diffusers or original naming), block by block, each parameter placed directly in its
-    target sharding (``mesh`` + logical ``rules``) or on the default device (no mesh).
+    """A :class:`WanDiT` whose parameters come from a flat ``{name: array}`` checkpoint
+    (diffusers or original ``format`` naming; arrays may be memory-mapped), never randomly
+    initialised: the names and shapes are checked first (nothing read), then
+    :func:`mirage_jax.convert.place.place` converts each tensor and puts it in its target
+    sharding (``mesh`` + logical ``rules``) or on the default device.
 
     Raises :class:`ConversionError` with the missing / unexpected / mis-shaped keys.
     """
@@ -306,110 +295,72 @@ def load_state_into(
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     table, ignore = FORMATS[format]
     runtime = runtime or WanRuntime()
-    abstract = nnx.eval_shape(lambda: WanDiT(config, runtime, rngs=nnx.Rngs(0)))
-    graphdef, abs_state = nnx.split(abstract)
-    flat_vars = _flat_params(abs_state)
-    scanned = runtime.scan_layers
-    target_shapes = canonical_shapes(abstract)
-    shardings = _target_shardings(abs_state, mesh, rules)
-    dtypes = {k: v.get_value().dtype for k, v in flat_vars.items()}
-
-    src_groups: dict[int, list[str]] = {}
-    for key in source:
-        src_groups.setdefault(_group_of(key), []).append(key)
-    tgt_groups: dict[int, dict[str, tuple]] = {}
-    for key, shape in target_shapes.items():
-        tgt_groups.setdefault(_group_of(key), {})[key] = shape
-
-    values: dict[str, jax.Array] = {}
-    if scanned:
-        for key, var in flat_vars.items():
-            if key.startswith("blocks."):
-                values[key] = _zeros(var.get_value().shape, dtypes[key], shardings[key])
-
-    errors = []
-    for group in sorted(set(src_groups) | set(tgt_groups)):
-        label = "non-block parameters" if group < 0 else f"block {group}"
-        sub_source = {k: source[k] for k in src_groups.get(group, [])}
-        try:
-            arrays = convert(sub_source, table, tgt_groups.get(group, {}), ignore=ignore, what=f"{what} ({label})")
-        except ConversionError as e:
-            errors.append(str(e))
-            continue
-        for key, arr in arrays.items():
-            if scanned and group >= 0:
-                skey = "blocks." + key.split(".", 2)[2]
-                sh = shardings[skey]
-                layer_sh = NamedSharding(sh.mesh, P(*tuple(sh.spec)[1:])) if isinstance(sh, NamedSharding) else sh
-                layer = jax.device_put(np.asarray(arr).astype(dtypes[skey]), layer_sh)
-                values[skey] = _set_layer(values[skey], layer, group)
-            else:
-                values[key] = jax.device_put(np.asarray(arr).astype(dtypes[key]), shardings[key])
-        del arrays
-    if errors:
-        raise ConversionError("\n".join(errors))
-
-    for key, var in flat_vars.items():
-        var.set_value(values[key])
-    return nnx.merge(graphdef, abs_state)
+    abstract = nnx.eval_shape(lambda: WanDiT(config, runtime))
+    arrays = convert(source, table, canonical_shapes(abstract), ignore=ignore, what=what, lazy=True)
+    return place(abstract, arrays, mesh=mesh, rules=rules, what=what)
 
 
 def load_diffusers_transformer(
     path: str | os.PathLike,
+    *,
     runtime: WanRuntime | None = None,
     mesh: Mesh | None = None,
-    rules="fsdp",
+    rules=None,
 ) -> tuple[WanDiTConfig, WanDiT]:
     """Loads a diffusers ``WanTransformer3DModel`` directory (``config.json`` plus
     ``diffusion_pytorch_model.safetensors`` or a sharded ``*.safetensors.index.json``; a
     pipeline directory with a ``transformer/`` subfolder also works)."""
     path = _transformer_dir(Path(path))
     if not path.is_dir():
-        raise NotADirectoryError(f"{path}: a diffusers transformer is a directory with config.json and safetensors")
+        raise file_error(path, "not a directory (a diffusers transformer is a directory with config.json and safetensors)")
     config = load_diffusers_config(path)
     source = open_safetensors(path)
-    model = load_state_into(config, source, format="diffusers", runtime=runtime, mesh=mesh, rules=rules, what=str(path))
+    model = transformer_from_state(config, source, format="diffusers", runtime=runtime, mesh=mesh, rules=rules, what=str(path))
     return config, model
 
 
 def load_wan_original_transformer(
     path: str | os.PathLike,
-    config: WanDiTConfig | Mapping[str, Any] | None = None,
+    config: WanDiTConfig | Mapping[str, Any] | str | None = None,
+    *,
     runtime: WanRuntime | None = None,
     mesh: Mesh | None = None,
-    rules="fsdp",
+    rules=None,
 ) -> tuple[WanDiTConfig, WanDiT]:
     """Loads an original Wan-AI DiT release (safetensors file, index or directory).
 
-    ``config``: a :class:`WanDiTConfig`, an original (``dim``, ``num_heads``, ...) or diffusers
-    config dict, or None to read ``config.json`` next to the weights.
+    ``config``: the release ships weights only, and the head count cannot be read from the
+    shapes (spec 10.1), so give a :class:`WanDiTConfig`, a preset name (:data:`PRESETS`, e.g.
+    ``"wan22_ti2v_5b"``), an original (``dim``, ``num_heads``, ...) or diffusers config dict or
+    JSON path; None reads ``config.json`` next to the weights and fails naming the fix without one.
     """
     path = Path(path)
     if config is None:
         cfg_path = (path if path.is_dir() else path.parent) / "config.json"
-        if not cfg_path.exists():
-            raise ValueError(
-                f"no config given and no config.json at {cfg_path}; pass config=WanDiTConfig.wan22_ti2v_5b() "
-                "or the release's config.json"
+        if not cfg_path.is_file():
+            raise file_error(
+                path, f"no config given and no config.json at {cfg_path}; pass config='wan22_ti2v_5b' (a preset "
+                f"of {PRESETS}), a WanDiTConfig or the release's config.json",
             )
-        config = _read_json(cfg_path)
-    if isinstance(config, Mapping):
-        config = config_from_wan_original(config) if "dim" in config else WanDiTConfig.from_diffusers(config)
+        config = cfg_path
+    config = resolve_config(config)
     source = open_safetensors(path)
-    model = load_state_into(config, source, format="wan", runtime=runtime, mesh=mesh, rules=rules, what=str(path))
+    model = transformer_from_state(config, source, format="wan", runtime=runtime, mesh=mesh, rules=rules, what=str(path))
     return config, model
 
 
 def load_transformer(
     path: str | os.PathLike,
+    *,
     format: str = "auto",
+    config: WanDiTConfig | Mapping[str, Any] | str | None = None,
     runtime: WanRuntime | None = None,
     mesh: Mesh | None = None,
-    rules="fsdp",
-    config: WanDiTConfig | Mapping[str, Any] | None = None,
+    rules=None,
 ) -> tuple[WanDiTConfig, WanDiT]:
-    """One entry point: a diffusers directory, an original Wan release or an orbax checkpoint
-    written by ``mirage-jax convert`` (``format``: auto | diffusers | wan | orbax)."""
+    """One entry point: a diffusers directory, an original Wan release (``config`` as for
+    :func:`load_wan_original_transformer`) or an orbax checkpoint written by ``mirage-jax
+    convert`` (``format``: auto | diffusers | wan | orbax)."""
     path = _transformer_dir(Path(path))
     from mirage_jax import checkpoint as ckpt
 
@@ -421,15 +372,14 @@ def load_transformer(
     if format == "orbax":
         meta = ckpt.read_metadata(path)
         if meta.get("kind") != "wan_dit":
-            raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a Wan DiT")
+            raise ConversionError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a Wan DiT")
         cfg = WanDiTConfig.from_diffusers(meta["config"])
         runtime = runtime or WanRuntime()
-        model = ckpt.restore_model(path, lambda: WanDiT(cfg, runtime, rngs=nnx.Rngs(0)), mesh=mesh, rules=rules)
-        return cfg, model
+        return cfg, ckpt.restore_model(path, lambda: WanDiT(cfg, runtime), mesh=mesh, rules=rules)
     if format == "diffusers":
-        return load_diffusers_transformer(path, runtime, mesh, rules)
+        return load_diffusers_transformer(path, runtime=runtime, mesh=mesh, rules=rules)
     if format == "wan":
-        return load_wan_original_transformer(path, config, runtime, mesh, rules)
+        return load_wan_original_transformer(path, config, runtime=runtime, mesh=mesh, rules=rules)
     raise ValueError(f"format must be auto, diffusers, wan or orbax; got {format!r}")
 
 

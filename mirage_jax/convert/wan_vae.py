@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mirage_jax.convert.place import place
 from mirage_jax.convert.safetensors_io import open_safetensors, save_safetensors
 from mirage_jax.convert.table import (
     CONV,
@@ -40,8 +41,9 @@ from mirage_jax.convert.table import (
     export,
     flat_state_arrays,
     flat_state_shapes,
-    load_flat_into,
+    read_config_json,
 )
+from mirage_jax.errors import file_error
 
 Array = np.ndarray
 
@@ -56,6 +58,7 @@ def _squeeze_gamma(ndim: int) -> Transform:
         f"gamma{ndim}d",
         lambda x: np.ascontiguousarray(x.reshape(x.shape[0])),
         lambda x: np.ascontiguousarray(x.reshape((x.shape[0],) + (1,) * (ndim - 1))),
+        lambda s: (s[0],) if len(s) == ndim and all(d == 1 for d in s[1:]) else tuple(s),
     )
 
 
@@ -169,13 +172,12 @@ def original_rules(config) -> list[Rule]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _abstract_model(config, **runtime):
+def _abstract_model(config, runtime=None):
     from flax import nnx
 
     from mirage_jax.models.wan.vae import WanVAE
 
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0), **runtime))
+    return nnx.eval_shape(lambda: WanVAE(config, runtime))
 
 
 def model_shapes(config) -> dict[str, tuple]:
@@ -188,14 +190,15 @@ def _model_shapes_cached(config) -> tuple:
     return tuple(flat_state_shapes(_abstract_model(config)).items())
 
 
-def convert_diffusers_state(state: Mapping[str, Any], config, what: str = "diffusers AutoencoderKLWan") -> dict[str, Array]:
-    """diffusers-named arrays -> {WanVAE path: array}; ConversionError lists any coverage problem."""
-    return convert(_as_numpy(state), diffusers_rules(), model_shapes(config), what=what)
+def convert_diffusers_state(state: Mapping[str, Any], config, what: str = "diffusers AutoencoderKLWan", lazy: bool = False) -> dict[str, Any]:
+    """diffusers-named arrays -> {WanVAE path: array} (``lazy``: :class:`~mirage_jax.convert.place.Lazy`
+    readers); ConversionError lists any coverage problem."""
+    return convert(_as_numpy(state), diffusers_rules(), model_shapes(config), what=what, lazy=lazy)
 
 
-def convert_original_state(state: Mapping[str, Any], config, what: str = "original Wan VAE") -> dict[str, Array]:
+def convert_original_state(state: Mapping[str, Any], config, what: str = "original Wan VAE", lazy: bool = False) -> dict[str, Any]:
     """Original Wan-named arrays -> {WanVAE path: array}; ConversionError lists any coverage problem."""
-    return convert(_as_numpy(state), original_rules(config), model_shapes(config), what=what)
+    return convert(_as_numpy(state), original_rules(config), model_shapes(config), what=what, lazy=lazy)
 
 
 def export_diffusers_state(model) -> dict[str, Array]:
@@ -208,39 +211,21 @@ def export_original_state(model) -> dict[str, Array]:
     return export(flat_state_arrays(model), original_rules(model.config), what="WanVAE -> original Wan")
 
 
-def model_from_arrays(config, arrays: Mapping[str, Array], *, dtype=None, param_dtype=None, precision=None, mesh=None, sharding_rules="fsdp"):
-    """Builds a WanVAE holding ``arrays`` (a complete {path: array} mapping) without a random init.
-
-    ``param_dtype`` (default float32) is the stored dtype; ``mesh``: shard parameters with the
-    logical-axis ``sharding_rules`` (see :mod:`mirage_jax.sharding`).
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    runtime = dict(dtype=dtype or jnp.float32, param_dtype=param_dtype or jnp.float32, precision=precision)
-    model = _abstract_model(config, **runtime)
-    if mesh is None:
-        load_flat_into(model, arrays)
-        return model
-    # Sharded: each host array goes straight to its NamedSharding (no single-device copy).
-    from mirage_jax.sharding import state_shardings
-
-    graphdef, state = nnx.split(model)
-    shardings = state_shardings(state, mesh, sharding_rules)
-    flat_state = nnx.to_flat_state(state)
-    flat_shardings = dict(nnx.to_flat_state(shardings))
-    missing = [".".join(map(str, p)) for p, _ in flat_state if ".".join(map(str, p)) not in arrays]
-    if missing:
-        raise ConversionError(f"load: values missing for ({len(missing)}): {sorted(missing)[:20]}")
-    for path, var in flat_state:
-        key = ".".join(map(str, path))
-        want = var.get_value()
-        host = np.asarray(arrays[key])
-        if tuple(host.shape) != tuple(want.shape):
-            raise ConversionError(f"load: {key} has shape {host.shape}, model wants {want.shape}")
-        var.set_value(jax.device_put(host.astype(want.dtype), flat_shardings[path].get_value()))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat_state))
+def vae_from_state(config, state: Mapping[str, Any], *, format: str = "diffusers", runtime=None, mesh=None, rules=None,
+                   what: str | None = None):
+    """A :class:`WanVAE` holding a flat checkpoint ``state`` (diffusers or original ``format``
+    names; NumPy / memory-mapped / torch arrays), without a random init: names and shapes are
+    checked first (ConversionError lists every problem), then each parameter is converted and
+    placed by :func:`mirage_jax.convert.place.place` (sharded over ``mesh`` with ``rules``).
+    ``runtime``: a :class:`~mirage_jax.models.wan.WanRuntime` (``param_dtype``, ``dtype``,
+    ``precision``)."""
+    if format == "diffusers":
+        arrays = convert_diffusers_state(state, config, what=what or "diffusers AutoencoderKLWan", lazy=True)
+    elif format == "wan":
+        arrays = convert_original_state(state, config, what=what or "original Wan VAE", lazy=True)
+    else:
+        raise ValueError(f"format must be 'diffusers' or 'wan', got {format!r}")
+    return place(_abstract_model(config, runtime), arrays, mesh=mesh, rules=rules, what=what or "checkpoint")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,29 +259,31 @@ def read_safetensors(path) -> Mapping[str, Array]:
     return open_safetensors(path)
 
 
-def read_diffusers_dir(path) -> tuple[dict, Mapping[str, Array]]:
-    """(config dict, state) of a diffusers AutoencoderKLWan directory (the ``vae`` subfolder).
+def read_diffusers_dir(path) -> tuple[Any, Mapping[str, Array]]:
+    """(:class:`WanVAEConfig`, lazy state) of a diffusers AutoencoderKLWan directory (or of a
+    pipeline directory's ``vae`` subfolder). Every problem is a FileFormatError naming the file.
 
     Weights are read through :func:`mirage_jax.convert.safetensors_io.open_safetensors`
     (single file or sharded index, checked against its shards); only safetensors are read.
     """
+    from mirage_jax.models.wan.vae import WanVAEConfig
+
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a directory (expected a diffusers VAE folder with {CONFIG_NAME})")
+        raise file_error(path, f"not a directory (expected a diffusers VAE folder with {CONFIG_NAME})")
     if not (path / CONFIG_NAME).is_file() and (path / "vae" / CONFIG_NAME).is_file():
         path = path / "vae"  # a whole pipeline directory
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: no {CONFIG_NAME}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+        raise file_error(path, f"no {CONFIG_NAME}")
+    config = read_config_json(cfg_path, WanVAEConfig.from_diffusers, WanVAEConfig)
     if not (path / SAFETENSORS_INDEX).is_file() and not (path / SAFETENSORS_NAME).is_file():
         others = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-        raise FileNotFoundError(
-            f"{path}: neither {SAFETENSORS_NAME} nor {SAFETENSORS_INDEX} (weight files present: {others}); "
+        raise file_error(
+            path, f"neither {SAFETENSORS_NAME} nor {SAFETENSORS_INDEX} (weight files present: {others}); "
             "only safetensors are read from diffusers directories"
         )
-    return cfg, open_safetensors(path)
+    return config, open_safetensors(path)
 
 
 def read_torch_checkpoint(path) -> dict[str, Array]:
@@ -321,19 +308,17 @@ def read_torch_checkpoint(path) -> dict[str, Array]:
     return {k: _torch_to_numpy(v) for k, v in state.items()}
 
 
-def load_diffusers_vae(path, *, dtype=None, param_dtype=None, precision=None, mesh=None, sharding_rules="fsdp"):
+def load_diffusers_vae(path, *, runtime=None, mesh=None, rules=None):
     """Loads a diffusers AutoencoderKLWan directory -> ``(WanVAEConfig, WanVAE)``.
 
     ``path``: the VAE folder (``config.json`` + ``diffusion_pytorch_model[-0000x-of-0000n].safetensors``
     with its index) or a pipeline folder with a ``vae`` subfolder. Safetensors only (no torch).
-    ``dtype``: compute dtype, ``param_dtype``: stored dtype (both float32 by default).
+    ``runtime``: :class:`~mirage_jax.models.wan.WanRuntime` (``param_dtype`` stored, ``dtype``
+    compute, ``precision``; float32 by default); ``mesh`` / ``rules``: shard the parameters.
     """
-    from mirage_jax.models.wan.vae import WanVAEConfig
-
-    cfg_dict, state = read_diffusers_dir(path)
-    config = WanVAEConfig.from_diffusers(cfg_dict)
-    arrays = convert_diffusers_state(state, config, what=f"{path} (diffusers AutoencoderKLWan)")
-    model = model_from_arrays(config, arrays, dtype=dtype, param_dtype=param_dtype, precision=precision, mesh=mesh, sharding_rules=sharding_rules)
+    config, state = read_diffusers_dir(path)
+    model = vae_from_state(config, state, format="diffusers", runtime=runtime, mesh=mesh, rules=rules,
+                           what=f"{path} (diffusers AutoencoderKLWan)")
     return config, model
 
 
@@ -344,7 +329,7 @@ def _original_config_for(state: Mapping[str, Array]):
     return WanVAEConfig.wan22() if nested else WanVAEConfig.wan21()
 
 
-def load_wan_original_vae(path, config=None, *, dtype=None, param_dtype=None, precision=None, mesh=None, sharding_rules="fsdp"):
+def load_wan_original_vae(path, config=None, *, runtime=None, mesh=None, rules=None):
     """Loads an original Wan-AI VAE checkpoint -> ``(WanVAEConfig, WanVAE)``.
 
     ``path``: ``Wan2.1_VAE.pth`` / ``Wan2.2_VAE.pth`` (read with ``torch.load(weights_only=True)``,
@@ -355,12 +340,12 @@ def load_wan_original_vae(path, config=None, *, dtype=None, param_dtype=None, pr
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise file_error(path, "no such checkpoint file")
     state = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_checkpoint(path)
     if config is None:
         config = _original_config_for(state)
-    arrays = convert_original_state(state, config, what=f"{path} (original Wan VAE)")
-    model = model_from_arrays(config, arrays, dtype=dtype, param_dtype=param_dtype, precision=precision, mesh=mesh, sharding_rules=sharding_rules)
+    model = vae_from_state(config, state, format="wan", runtime=runtime, mesh=mesh, rules=rules,
+                           what=f"{path} (original Wan VAE)")
     return config, model
 
 
@@ -395,8 +380,9 @@ __all__ = [
     "export_diffusers_state",
     "export_original_state",
     "load_diffusers_vae",
+    "load_vae",
     "load_wan_original_vae",
-    "model_from_arrays",
+    "vae_from_state",
     "model_shapes",
     "original_rules",
     "read_diffusers_dir",
@@ -406,13 +392,10 @@ __all__ = [
 ]
 
 
-def load_vae(path, format: str = "auto", *, param_dtype=None, dtype=None, precision=None, mesh=None,
-             sharding_rules="fsdp", config=None):
+def load_vae(path, *, format: str = "auto", config=None, runtime=None, mesh=None, rules=None):
     """One entry point -> ``(WanVAEConfig, WanVAE)``: an orbax checkpoint written by
     ``mirage-jax convert``, a diffusers directory, or an original Wan file
-    (``format``: auto | orbax | diffusers | wan)."""
-    from flax import nnx
-
+    (``format``: auto | orbax | diffusers | wan; ``config`` only for the original naming)."""
     from mirage_jax import checkpoint as ckpt
     from mirage_jax.models.wan.vae import WanVAE, WanVAEConfig
 
@@ -422,14 +405,11 @@ def load_vae(path, format: str = "auto", *, param_dtype=None, dtype=None, precis
     if format == "orbax":
         meta = ckpt.read_metadata(path)
         if meta.get("kind") != "wan_vae":
-            raise ValueError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a Wan VAE")
+            raise ConversionError(f"{path} holds a {meta.get('kind')!r} checkpoint, not a Wan VAE")
         cfg = WanVAEConfig.from_diffusers(meta["config"])
-        kw = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, precision=precision).items() if v is not None}
-        model = ckpt.restore_model(path, lambda: WanVAE(cfg, **kw, rngs=nnx.Rngs(0)), mesh=mesh, rules=sharding_rules)
-        return cfg, model
-    kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, mesh=mesh, sharding_rules=sharding_rules)
+        return cfg, ckpt.restore_model(path, lambda: WanVAE(cfg, runtime), mesh=mesh, rules=rules)
     if format == "diffusers":
-        return load_diffusers_vae(path, **kw)
+        return load_diffusers_vae(path, runtime=runtime, mesh=mesh, rules=rules)
     if format == "wan":
-        return load_wan_original_vae(path, config, **kw)
+        return load_wan_original_vae(path, config, runtime=runtime, mesh=mesh, rules=rules)
     raise ValueError(f"format must be auto, orbax, diffusers or wan; got {format!r}")

@@ -37,6 +37,7 @@ def param(
     key: jax.Array | None = None,
     shape: Sequence[int] | None = None,
     dtype: Any = jnp.float32,
+    kind: type[nnx.Param] = nnx.Param,
 ) -> nnx.Param:
     """An ``nnx.Param`` carrying the logical axis ``names`` (one per dimension).
 
@@ -46,6 +47,8 @@ def param(
         ``shape`` and ``dtype``.
       names: logical axis name (or None) per dimension; ``len(names)`` must equal the rank.
       key, shape, dtype: only with an initializer (``dtype`` default float32).
+      kind: the ``nnx.Param`` subclass to create (e.g. a LoRA parameter type that an
+        optimizer filter selects).
 
     Raises:
       ValueError: the number of names differs from the rank, or an initializer comes without
@@ -60,4 +63,4 @@ def param(
         raise ValueError("param: key= and shape= are for initializers; got an array")
     if len(names) != np.ndim(value):
         raise ValueError(f"param: {len(names)} axis names {names} for a parameter of shape {np.shape(value)}")
-    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+    return kind(value, out_sharding=names, eager_sharding=False)

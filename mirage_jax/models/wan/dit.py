@@ -7,7 +7,7 @@ Usage::
 
     cfg = WanDiTConfig.wan22_ti2v_5b()
     model = init_model(cfg, WanRuntime(dtype="bfloat16"), mesh=mesh, rules="fsdp")  # random, sharded
-    # or: cfg, model = mirage_jax.convert.wan_dit.load_diffusers_transformer(path, runtime, mesh)
+    # or: cfg, model = mirage_jax.convert.load_diffusers_transformer(path, runtime=runtime, mesh=mesh)
     v = model(latents, timestep, text)                             # [B, T, H, W, 48] velocity
 
 ``WanDiT(cfg, runtime, rngs=...)`` builds eagerly on the default device; :func:`init_model`
@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +54,8 @@ from mirage_jax.models.wan.layers import (
     Dense,
     layer_norm_f32,
     modulate,
-    param,
 )
+from mirage_jax.models.params import param
 from mirage_jax.models.wan.rope import grid_positions, rope_axis_dims, rope_cos_sin
 
 __all__ = [
@@ -70,8 +69,6 @@ __all__ = [
     "run_block_stack",
     "count_params",
     "forward_flops",
-    "stack_layers",
-    "unstack_layers",
 ]
 
 # diffusers config keys that select features this implementation does not have (I2V image
@@ -378,18 +375,18 @@ class WanDiT(nnx.Module):
         d = config.dim
         k_patch, k_cond, k_table, k_out = jax.random.split(rngs.params(), 4)
         kw = dict(dtype=runtime.dtype, param_dtype=runtime.param_dtype, precision=runtime.precision)
-        # Logical axis names are metadata only here; sharding happens in create_sharded / loaders.
-        with nnx.use_eager_sharding(False):
-            self.patch_embedding = PatchEmbed(config.in_channels, d, config.patch_size, key=k_patch, **kw)
-            self.condition_embedder = WanConditionEmbedder(d, config.freq_dim, config.text_dim, runtime, key=k_cond)
-            self.blocks = make_block_stack(
-                config.num_layers, d, config.ffn_dim, config.num_attention_heads,
-                cross_attn_norm=config.cross_attn_norm, eps=config.eps, runtime=runtime, rngs=rngs,
-            )
-            self.scale_shift_table = param(
-                jax.random.normal(k_table, (1, 2, d), runtime.param_dtype) * d**-0.5, (None, None, "norm")
-            )
-            self.proj_out = Dense(d, config.patch_volume * config.out_channels, ("embed", "latent"), key=k_out, **kw)
+        # Logical axis names are metadata only (models.params.param); parameters are placed in a
+        # mesh by sharding.create_sharded (init_model) or convert.place (the loaders).
+        self.patch_embedding = PatchEmbed(config.in_channels, d, config.patch_size, key=k_patch, **kw)
+        self.condition_embedder = WanConditionEmbedder(d, config.freq_dim, config.text_dim, runtime, key=k_cond)
+        self.blocks = make_block_stack(
+            config.num_layers, d, config.ffn_dim, config.num_attention_heads,
+            cross_attn_norm=config.cross_attn_norm, eps=config.eps, runtime=runtime, rngs=rngs,
+        )
+        self.scale_shift_table = param(
+            jax.random.normal(k_table, (1, 2, d), runtime.param_dtype) * d**-0.5, (None, None, "norm")
+        )
+        self.proj_out = Dense(d, config.patch_volume * config.out_channels, ("embed", "latent"), key=k_out, **kw)
 
     # -- pieces ----------------------------------------------------------------------------------
     def embed_timesteps(self, timestep, batch: int, grid: tuple[int, int, int]) -> tuple[jax.Array, jax.Array]:
@@ -478,20 +475,15 @@ def init_model(
     *,
     seed: int = 0,
     mesh=None,
-    rules="fsdp",
+    rules=None,
 ) -> WanDiT:
     """A randomly initialised :class:`WanDiT` built by one jitted initialiser (much faster than
     eager construction, which dispatches hundreds of small ops), with its parameters created
-    directly in their shardings when a ``mesh`` is given (logical ``rules`` preset or table)."""
-    factory = lambda: WanDiT(config, runtime, rngs=nnx.Rngs(seed))  # noqa: E731
-    if mesh is not None:
-        from mirage_jax.sharding import create_sharded
+    directly in their shardings when a ``mesh`` is given (logical ``rules`` preset or table,
+    default ``"fsdp"``); see :func:`mirage_jax.sharding.create_sharded`."""
+    from mirage_jax.sharding import create_sharded
 
-        return create_sharded(factory, mesh, rules)
-    with nnx.use_eager_sharding(False):
-        graphdef, _ = nnx.split(nnx.eval_shape(factory))
-        state = jax.jit(lambda: nnx.state(factory()))()
-    return nnx.merge(graphdef, state)
+    return create_sharded(lambda: WanDiT(config, runtime, rngs=nnx.Rngs(seed)), mesh, rules)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -522,44 +514,3 @@ def forward_flops(config: WanDiTConfig, num_tokens: int, text_len: int = 512, ba
     top += 2 * l * (config.text_dim * d + d * d)
     top += 2 * timestep_groups * (config.freq_dim * d + d * d + 6 * d * d)
     return batch * (config.num_layers * block + top)
-
-
-_LAYER_RE = re.compile(r"^(?P<prefix>[^.]+)\.(?P<i>\d+)\.(?P<rest>.+)$")
-
-
-def unstack_layers(flat: Mapping[str, Any], prefix: str = "blocks", take: Callable | None = None) -> dict[str, Any]:
-    """Stacked ``{prefix}.X`` ``[L, ...]`` -> per-layer ``{prefix}.<i>.X`` (other keys unchanged).
-
-    ``take(value, i)`` extracts layer ``i`` (default ``value[i]``); values may also be shapes
-    (tuples), giving per-layer shapes.
-    """
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        if not key.startswith(prefix + "."):
-            out[key] = value
-            continue
-        rest = key[len(prefix) + 1 :]
-        if isinstance(value, tuple):
-            for i in range(value[0]):
-                out[f"{prefix}.{i}.{rest}"] = tuple(value[1:])
-        else:
-            for i in range(value.shape[0]):
-                out[f"{prefix}.{i}.{rest}"] = take(value, i) if take else value[i]
-    return out
-
-
-def stack_layers(flat: Mapping[str, Any], prefix: str = "blocks", stack: Callable = np.stack) -> dict[str, Any]:
-    """Per-layer ``{prefix}.<i>.X`` -> stacked ``{prefix}.X`` ``[L, ...]`` (layers 0..L-1 required)."""
-    out: dict[str, Any] = {}
-    groups: dict[str, dict[int, Any]] = {}
-    for key, value in flat.items():
-        m = _LAYER_RE.match(key)
-        if m and m["prefix"] == prefix:
-            groups.setdefault(m["rest"], {})[int(m["i"])] = value
-        else:
-            out[key] = value
-    for rest, layers in groups.items():
-        if sorted(layers) != list(range(len(layers))):
-            raise ValueError(f"{prefix}.*.{rest}: layers {sorted(layers)} are not 0..{len(layers) - 1}")
-        out[f"{prefix}.{rest}"] = stack([layers[i] for i in range(len(layers))])
-    return out

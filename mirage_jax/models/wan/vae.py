@@ -38,6 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirage_jax.errors import InputError
+from mirage_jax.models.params import param
+from mirage_jax.models.wan.layers import WanRuntime
+
 Array = jax.Array
 
 CACHE_T = 2  # frames of context every causal convolution keeps between chunks (diffusers' CACHE_T)
@@ -69,8 +73,11 @@ WAN22_LATENTS_STD = (
 )  # fmt: skip
 
 
-class WanVAEInputError(ValueError):
-    """A video or latent of the wrong rank, size or channel count."""
+class WanVAEInputError(InputError):
+    """A video or latent of the wrong rank, size, channel count, dtype or value range."""
+
+# Videos are floats in [-1, 1]; values beyond it by more than this are refused (a 0..255 video).
+VIDEO_RANGE_TOLERANCE = 1e-2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,10 +353,12 @@ def _triple(v) -> tuple[int, int, int]:
 
 
 def _param(rngs: nnx.Rngs, init, shape, names, dtype) -> nnx.Param:
-    return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, dtype))
+    return param(init, names, key=rngs.params(), shape=shape, dtype=dtype)
 
 
-_KERNEL_INIT = nnx.initializers.lecun_normal()
+# torch's Conv default (kaiming_uniform with a = sqrt(5), fan_in over in x kernel), as diffusers'
+# random init; a uniform draw also compiles far faster than a truncated normal when built eagerly.
+_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -855,21 +864,25 @@ class WanVAE(nnx.Module):
 
     Args:
       config: the architecture (:class:`WanVAEConfig`).
-      dtype: compute dtype (activations; kernels are cast to it). RMS norms and the attention
-        softmax run in float32 whatever it is.
-      param_dtype: dtype the parameters are stored in.
-      precision: ``jax.lax.Precision`` for convolutions and matmuls (None: JAX default).
-      rngs: initialiser keys (weights are normally overwritten by a checkpoint).
+      runtime: the :class:`~mirage_jax.models.wan.WanRuntime` knobs the VAE uses:
+        ``dtype`` (compute dtype of activations; kernels are cast to it; RMS norms and the
+        attention softmax run in float32 whatever it is), ``param_dtype`` (stored dtype) and
+        ``precision`` (of convolutions and matmuls). Default: float32 everywhere.
+      rngs: initialiser keys (weights are normally overwritten by a checkpoint; default seed 0).
 
-    Parameters carry logical axis names (``conv_in``/``conv_out``/``norm``); build under
-    ``with nnx.use_eager_sharding(False):`` or with :func:`mirage_jax.sharding.create_sharded`.
+    Parameters carry logical axis names (``conv_in``/``conv_out``/``norm``) as metadata
+    (:func:`mirage_jax.models.params.param`): the model builds eagerly, under
+    ``nnx.eval_shape`` and inside a mesh alike; :func:`mirage_jax.sharding.create_sharded`
+    and the loaders place it in a mesh.
     """
 
-    def __init__(self, config: WanVAEConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, precision=None, rngs: nnx.Rngs):
+    def __init__(self, config: WanVAEConfig, runtime: WanRuntime | None = None, *, rngs: nnx.Rngs | None = None):
+        runtime = runtime or WanRuntime()
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = config
-        self.dtype = dtype
-        self.precision = precision
-        kw = dict(dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.dtype = dtype = runtime.dtype
+        self.precision = precision = runtime.precision
+        kw = dict(dtype=dtype, param_dtype=runtime.param_dtype, precision=precision, rngs=rngs)
         self.encoder = Encoder3d(config, **kw)
         self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1, **kw)
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1, **kw)
@@ -877,10 +890,27 @@ class WanVAE(nnx.Module):
 
     # -- input checks ------------------------------------------------------------------------
     def _check_video(self, video) -> None:
+        """Shape, dtype (floating) and, when the values are concrete (not under jit), range
+        [-1, 1] within :data:`VIDEO_RANGE_TOLERANCE` and finiteness. Under jit only the shape
+        and dtype are checked."""
         cfg = self.config
         shape = tuple(video.shape)
         if len(shape) != 5:
             raise WanVAEInputError(f"video must be [B, T, H, W, C] (channels-last), got shape {shape}")
+        if not jnp.issubdtype(video.dtype, jnp.floating):
+            raise WanVAEInputError(
+                f"video has dtype {video.dtype}; the VAE takes floats in [-1, 1] (e.g. uint8 frames: "
+                "video.astype(np.float32) / 127.5 - 1)"
+            )
+        try:
+            lo, hi = float(jnp.min(video)), float(jnp.max(video))
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            lo = hi = None  # traced: values cannot be checked (documented)
+        if lo is not None and not (-1 - VIDEO_RANGE_TOLERANCE <= lo and hi <= 1 + VIDEO_RANGE_TOLERANCE):
+            raise WanVAEInputError(
+                f"video values span [{lo:g}, {hi:g}]; the VAE takes finite floats in [-1, 1] (a 0..255 video: "
+                "x / 127.5 - 1; a 0..1 video: 2 * x - 1)"
+            )
         b, t, h, w, c = shape
         if c != cfg.video_channels:
             raise WanVAEInputError(
@@ -962,6 +992,8 @@ class WanVAE(nnx.Module):
 
         Equals diffusers' ``encode(x).latent_dist.mode()`` (un-normalised latents). Keyword
         arguments: ``tiled``, ``tile_sample_size``, ``tile_sample_stride`` (see :meth:`moments`).
+        Integer videos (uint8 frames) and values outside [-1, 1] (a 0..255 float video) raise
+        :class:`WanVAEInputError`; under jit only the shape and dtype can be checked.
         """
         return self.moments(video, **tiling)[..., : self.config.z_dim]
 
@@ -1018,8 +1050,7 @@ class WanVAE(nnx.Module):
 
 def param_count(config: WanVAEConfig) -> dict[str, int]:
     """Parameter counts {total, encoder (+quant_conv), decoder (+post_quant_conv)} without memory."""
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: WanVAE(config))
     counts = {"encoder": 0, "decoder": 0}
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
         n = int(np.prod(var.get_value().shape))
@@ -1030,6 +1061,7 @@ def param_count(config: WanVAEConfig) -> dict[str, int]:
 
 __all__ = [
     "CACHE_T",
+    "VIDEO_RANGE_TOLERANCE",
     "ENCODE_CHUNK",
     "WAN21_LATENTS_MEAN",
     "WAN21_LATENTS_STD",
