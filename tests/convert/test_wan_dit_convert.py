@@ -5,8 +5,6 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
-from diffusers import WanTransformer3DModel
 from flax import nnx
 
 from mirage_jax.convert import cli
@@ -17,7 +15,7 @@ from mirage_jax.convert.wan_dit import (
     detect_format,
     export_state,
     load_diffusers_transformer,
-    load_state_into,
+    transformer_from_state,
     load_transformer,
     load_wan_original_transformer,
     save_diffusers_transformer,
@@ -30,6 +28,9 @@ CFG = WanDiTConfig.tiny()
 
 @pytest.fixture(scope="module")
 def ref():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
     torch.manual_seed(0)
     model = WanTransformer3DModel.from_config(CFG.to_diffusers()).eval()
     with torch.no_grad():
@@ -63,9 +64,10 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("scan", [False, True], ids=["looped", "scanned"])
 def test_diffusers_round_trip_is_exact(ref, scan):
-    model = load_state_into(CFG, ref["state"], runtime=WanRuntime(scan_layers=scan))
+    model = transformer_from_state(CFG, ref["state"], runtime=WanRuntime(scan_layers=scan))
     _assert_same_state(export_state(model, "diffusers"), ref["state"])
 
 
@@ -106,8 +108,9 @@ def _diffusers_script_name(key: str) -> str:
     return key
 
 
+@pytest.mark.parity
 def test_original_naming_round_trip(ref, tmp_path):
-    model = load_state_into(CFG, ref["state"])
+    model = transformer_from_state(CFG, ref["state"])
     original = export_state(model, "wan")
     # Spot-check the original names (norm3 is the cross-attention norm there).
     np.testing.assert_array_equal(original["blocks.1.norm3.weight"], ref["state"]["blocks.1.norm2.weight"])
@@ -138,35 +141,38 @@ def test_original_naming_round_trip(ref, tmp_path):
         config_from_wan_original({**orig_cfg, "model_type": "i2v"})
 
 
+@pytest.mark.parity
 def test_coverage_errors_name_the_keys(ref):
     state = dict(ref["state"])
     del state["blocks.1.attn2.norm_k.weight"]
     state["blocks.0.attn1.to_qq.weight"] = np.zeros((2, 2), np.float32)
     with pytest.raises(ConversionError) as err:
-        load_state_into(CFG, state)
+        transformer_from_state(CFG, state)
     msg = str(err.value)
     assert "blocks.1.attn2.norm_k.scale" in msg and "blocks.0.attn1.to_qq.weight" in msg
     # A checkpoint with a layer more than the config.
     state = dict(ref["state"])
     state["blocks.2.scale_shift_table"] = state["blocks.1.scale_shift_table"]
     with pytest.raises(ConversionError, match="blocks.2.scale_shift_table"):
-        load_state_into(CFG, state, runtime=WanRuntime(scan_layers=True))
+        transformer_from_state(CFG, state, runtime=WanRuntime(scan_layers=True))
     # Wrong shape.
     state = dict(ref["state"])
     state["proj_out.weight"] = state["proj_out.weight"][:-1]
     with pytest.raises(ConversionError, match="proj_out"):
-        load_state_into(CFG, state)
+        transformer_from_state(CFG, state)
     # Original naming: drop one, add one.
-    original = export_state(load_state_into(CFG, ref["state"]), "wan")
+    original = export_state(transformer_from_state(CFG, ref["state"]), "wan")
     del original["blocks.0.cross_attn.k.bias"]
     original["blocks.0.norm2.weight"] = np.ones(CFG.dim, np.float32)
     with pytest.raises(ConversionError) as err:
-        load_state_into(CFG, original, format="wan")
+        transformer_from_state(CFG, original, format="wan")
     assert "blocks.0.attn2.to_k.bias" in str(err.value) and "blocks.0.norm2.weight" in str(err.value)
 
 
+@pytest.mark.parity
 def test_diffusers_directories_sharded_and_bf16(ref, tmp_path):
     # diffusers' own save_pretrained, split into shards with an index.
+    torch = pytest.importorskip("torch")
     ref["torch"].save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
     assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").exists()
     cfg, model = load_diffusers_transformer(tmp_path / "sharded")
@@ -188,8 +194,12 @@ def test_diffusers_directories_sharded_and_bf16(ref, tmp_path):
     np.testing.assert_array_equal(back["proj_out.weight"].float().numpy(), bf16["proj_out.weight"].astype(np.float32))
 
 
+@pytest.mark.parity
 def test_save_diffusers_transformer_loads_in_pytorch(ref, tmp_path):
-    model = load_state_into(CFG, ref["state"], runtime=WanRuntime(scan_layers=True))
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
+    model = transformer_from_state(CFG, ref["state"], runtime=WanRuntime(scan_layers=True))
     save_diffusers_transformer(model, None, tmp_path / "out", max_shard_bytes=30_000)
     back = WanTransformer3DModel.from_pretrained(tmp_path / "out").eval()
     assert WanDiTConfig.from_diffusers(dict(back.config)) == CFG
@@ -203,6 +213,7 @@ def test_save_diffusers_transformer_loads_in_pytorch(ref, tmp_path):
     np.testing.assert_array_equal(out, ref["out"])  # same weights, same torch code: bit-identical
 
 
+@pytest.mark.parity
 def test_convert_cli(ref, tmp_path):
     ref["torch"].save_pretrained(tmp_path / "src")
     out = tmp_path / "orbax"
@@ -213,7 +224,7 @@ def test_convert_cli(ref, tmp_path):
     # Existing output without --force, bad arguments.
     assert cli.main(["--transformer", str(tmp_path / "src"), "--out", str(out)]) == 2
     assert cli.main(["--out", str(out)]) == 2
-    assert cli.main(["--transformer", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 1
+    assert cli.main(["--transformer", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 2
 
 
 def test_safetensors_reader_checks(tmp_path):

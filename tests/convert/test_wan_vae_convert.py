@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
 
 from mirage_jax.convert import wan_vae as cv  # noqa: E402
 from mirage_jax.convert.table import ConversionError  # noqa: E402
+from mirage_jax.errors import FileFormatError  # noqa: E402
+from mirage_jax.models.wan import WanRuntime  # noqa: E402
 from mirage_jax.models.wan.vae import WanVAEConfig  # noqa: E402
 
 CONFIGS = {
@@ -26,6 +26,8 @@ CONFIGS = {
 
 
 def _torch_state(cfg: WanVAEConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
     kwargs = {k: v for k, v in cfg.to_diffusers().items() if not k.startswith("_") and k != "clip_output"}
     model = diffusers.AutoencoderKLWan(**kwargs)
@@ -43,10 +45,11 @@ def _assert_same_state(a: dict, b: dict):
 def case(request):
     cfg = CONFIGS[request.param]
     sd = _torch_state(cfg)
-    model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg))
+    model = cv.vae_from_state(cfg, sd)
     return request.param, cfg, sd, model
 
 
+@pytest.mark.parity
 def test_diffusers_round_trip_is_exact(case):
     _, cfg, sd, model = case
     assert len(cv.model_shapes(cfg)) == len(sd)
@@ -58,7 +61,9 @@ def test_diffusers_round_trip_is_exact(case):
     np.testing.assert_array_equal(np.asarray(model.decoder.norm_out.scale[...]), sd["decoder.norm_out.gamma"].reshape(-1))
 
 
+@pytest.mark.parity
 def test_original_round_trip_through_pth(case, tmp_path):
+    torch = pytest.importorskip("torch")
     name, cfg, sd, model = case
     original = cv.export_original_state(model)
     assert len(original) == len(sd)
@@ -99,7 +104,9 @@ def _diffusers_script_wan22_name(key: str) -> str:
     return key
 
 
+@pytest.mark.parity
 def test_original_names_agree_with_diffusers_converters(case):
+    torch = pytest.importorskip("torch")
     name, cfg, sd, model = case
     if name == "wan2.1-attn":
         pytest.skip("diffusers' converter has no rule for encoder attention blocks")
@@ -114,12 +121,13 @@ def test_original_names_agree_with_diffusers_converters(case):
     _assert_same_state(renamed, sd)
 
 
+@pytest.mark.parity
 def test_original_safetensors_needs_no_torch(tmp_path, monkeypatch):
     from safetensors.numpy import save_file
 
     cfg = CONFIGS["wan2.2"]
     sd = _torch_state(cfg, seed=1)
-    original = cv.export_original_state(cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg)))
+    original = cv.export_original_state(cv.vae_from_state(cfg, sd))
     path = tmp_path / "Wan2.2_VAE.safetensors"
     save_file(original, str(path))
     monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now fails
@@ -129,11 +137,13 @@ def test_original_safetensors_needs_no_torch(tmp_path, monkeypatch):
         cv.read_torch_checkpoint(tmp_path / "missing_torch.pth")
 
 
+@pytest.mark.parity
 def test_original_default_config_is_detected_from_keys(tmp_path):
     """Without a config the nested Wan2.2 layout selects wan22(): a tiny file then mismatches in shape."""
+    torch = pytest.importorskip("torch")
     cfg = CONFIGS["wan2.2"]
     sd = _torch_state(cfg)
-    original = cv.export_original_state(cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg)))
+    original = cv.export_original_state(cv.vae_from_state(cfg, sd))
     path = tmp_path / "tiny.pth"
     torch.save({k: torch.tensor(v) for k, v in original.items()}, path)
     with pytest.raises(ConversionError, match=r"shape mismatches \((?!0\))") as err:
@@ -142,6 +152,7 @@ def test_original_default_config_is_detected_from_keys(tmp_path):
     assert cv._original_config_for(original) == WanVAEConfig.wan22()
 
 
+@pytest.mark.parity
 def test_coverage_errors_name_the_keys():
     cfg = CONFIGS["wan2.2"]
     sd = _torch_state(cfg)
@@ -160,8 +171,11 @@ def test_coverage_errors_name_the_keys():
         cv.convert_diffusers_state(_torch_state(CONFIGS["wan2.1"]), cfg)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("sharded", [False, True])
 def test_load_diffusers_directory(tmp_path, sharded):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
     cfg = CONFIGS["wan2.2"]
     torch.manual_seed(3)
     tm = diffusers.AutoencoderKLWan(**{k: v for k, v in cfg.to_diffusers().items() if not k.startswith("_") and k != "clip_output"})
@@ -173,10 +187,12 @@ def test_load_diffusers_directory(tmp_path, sharded):
     _assert_same_state(cv.export_diffusers_state(model), {k: v.numpy() for k, v in tm.state_dict().items()})
 
 
+@pytest.mark.parity
 def test_save_diffusers_vae_loads_in_diffusers(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
     cfg = CONFIGS["wan2.1"]
     sd = _torch_state(cfg, seed=4)
-    model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg))
+    model = cv.vae_from_state(cfg, sd)
     out = cv.save_diffusers_vae(model, cfg, tmp_path / "vae")
     with open(out / cv.CONFIG_NAME) as f:
         assert json.load(f)["_class_name"] == "AutoencoderKLWan"
@@ -189,27 +205,28 @@ def test_save_diffusers_vae_loads_in_diffusers(tmp_path):
     _assert_same_state(cv.export_diffusers_state(again), sd)
 
 
+@pytest.mark.parity
 def test_bf16_checkpoint_round_trip(tmp_path):
     import jax.numpy as jnp
     import ml_dtypes
 
     cfg = CONFIGS["wan2.2"]
     sd = {k: v.astype(ml_dtypes.bfloat16) for k, v in _torch_state(cfg, seed=5).items()}
-    model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg), param_dtype=jnp.bfloat16)
+    model = cv.vae_from_state(cfg, sd, runtime=WanRuntime(param_dtype="bfloat16"))
     assert model.encoder.conv_in.kernel[...].dtype == jnp.bfloat16
     cv.save_diffusers_vae(model, cfg, tmp_path)
-    _, again = cv.load_diffusers_vae(tmp_path, param_dtype=jnp.bfloat16)
+    _, again = cv.load_diffusers_vae(tmp_path, runtime=WanRuntime(param_dtype="bfloat16"))
     _assert_same_state(cv.export_diffusers_state(again), sd)
 
 
 def test_directory_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(FileFormatError, match="not a directory"):
         cv.load_diffusers_vae(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileFormatError, match="config.json"):
         cv.load_diffusers_vae(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(CONFIGS["wan2.2"].to_diffusers()))
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="only safetensors"):
+    with pytest.raises(FileFormatError, match="only safetensors"):
         cv.load_diffusers_vae(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+    with pytest.raises(FileFormatError, match="no such checkpoint"):
         cv.load_wan_original_vae(tmp_path / "Wan2.2_VAE.pth")

@@ -5,11 +5,10 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from diffusers import WanTransformer3DModel
 from flax import nnx
 
-from mirage_jax.convert.wan_dit import canonical_arrays, load_state_into
+from mirage_jax.convert.place import stack_layers, unstack_layers
+from mirage_jax.convert.wan_dit import canonical_arrays, transformer_from_state
 from mirage_jax.models.wan.dit import (
     WanBlock,
     WanDiT,
@@ -17,8 +16,6 @@ from mirage_jax.models.wan.dit import (
     WanRuntime,
     count_params,
     forward_flops,
-    stack_layers,
-    unstack_layers,
 )
 from mirage_jax.models.wan.rope import grid_positions
 
@@ -26,8 +23,11 @@ CFG = WanDiTConfig.tiny()  # 2 layers, 2 heads x 20 (RoPE split 8 / 6 / 6)
 B, T, H, W, L = 2, 3, 4, 6, 7  # latent grid -> 3 x 2 x 3 = 18 tokens
 
 
-def torch_model(cfg: WanDiTConfig, seed: int = 0) -> WanTransformer3DModel:
+def torch_model(cfg: WanDiTConfig, seed: int = 0) -> "WanTransformer3DModel":  # noqa: F821
     """Random diffusers model; every parameter perturbed so zero / one inits are non-trivial."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
     torch.manual_seed(seed)
     model = WanTransformer3DModel.from_config(cfg.to_diffusers()).eval()
     with torch.no_grad():
@@ -38,6 +38,7 @@ def torch_model(cfg: WanDiTConfig, seed: int = 0) -> WanTransformer3DModel:
 
 def torch_forward(model, x, t, text):
     """Channels-last numpy in/out; ``t`` [B] or per-frame [B, T] (broadcast to tokens as diffusers wants)."""
+    torch = pytest.importorskip("torch")
     if t.ndim == 2:
         t = np.repeat(t, x.shape[2] // 2 * x.shape[3] // 2, axis=1)
     with torch.no_grad():
@@ -71,7 +72,10 @@ def assert_close(a, b, rel):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parity
 def test_config_diffusers_round_trip_and_validation():
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
     for cfg in (CFG, WanDiTConfig.wan22_ti2v_5b(), WanDiTConfig.wan21_t2v_1_3b()):
         assert WanDiTConfig.from_diffusers(cfg.to_diffusers()) == cfg
         # diffusers accepts our dict and reports the same config back (incl. its bookkeeping keys).
@@ -95,7 +99,10 @@ def test_config_diffusers_round_trip_and_validation():
         dataclasses.replace(CFG, attention_head_dim=4)
 
 
+@pytest.mark.parity
 def test_parameter_counts():
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
     five = WanDiTConfig.wan22_ti2v_5b()
     for rt in (WanRuntime(), WanRuntime(scan_layers=True)):
         abstract = nnx.eval_shape(lambda: WanDiT(five, rt))
@@ -117,13 +124,14 @@ def test_parameter_counts():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(
     "runtime",
     [WanRuntime(), WanRuntime(scan_layers=True, remat="full")],
     ids=["looped", "scanned_remat"],
 )
 def test_matches_diffusers_per_frame_timesteps(ref, runtime):
-    model = load_state_into(CFG, ref["state"], runtime=runtime)
+    model = transformer_from_state(CFG, ref["state"], runtime=runtime)
     out = _fwd(model, ref["x"], ref["t"], ref["text"])
     assert out.shape == (B, T, H, W, CFG.out_channels)
     assert_close(out, ref["out"], 1e-4)
@@ -133,6 +141,7 @@ def test_matches_diffusers_per_frame_timesteps(ref, runtime):
         assert_close(_fwd(model, ref["x"], per_token, ref["text"]), ref["out"], 1e-4)
 
 
+@pytest.mark.parity
 def test_matches_diffusers_global_timestep_and_no_cross_norm():
     cfg = dataclasses.replace(CFG, cross_attn_norm=False, out_channels=6)
     model = torch_model(cfg, seed=1)
@@ -140,12 +149,13 @@ def test_matches_diffusers_global_timestep_and_no_cross_norm():
     x = rng.standard_normal((1, 2, 2, 4, cfg.in_channels)).astype(np.float32)
     t = np.array([321.5], np.float32)
     text = rng.standard_normal((1, 5, cfg.text_dim)).astype(np.float32)
-    ours = load_state_into(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
+    ours = transformer_from_state(cfg, {k: v.numpy() for k, v in model.state_dict().items()})
     assert_close(_fwd(ours, x, t, text), torch_forward(model, x, t, text), 1e-4)
 
 
+@pytest.mark.parity
 def test_explicit_positions(ref):
-    model = load_state_into(CFG, ref["state"])
+    model = transformer_from_state(CFG, ref["state"])
     f = nnx.jit(lambda m, x, t, c, p: m(x, t, c, positions=p))
     grid = grid_positions(T, H // 2, W // 2)
     base = np.asarray(f(model, ref["x"], ref["t"], ref["text"], grid))
@@ -162,9 +172,10 @@ def test_explicit_positions(ref):
     assert_close(np.asarray(f(model, ref["x"], ref["t"], ref["text"], batched)), base, 1e-5)
 
 
+@pytest.mark.parity
 def test_hints_looped_and_scanned(ref):
-    looped = load_state_into(CFG, ref["state"])
-    scanned = load_state_into(CFG, ref["state"], runtime=WanRuntime(scan_layers=True))
+    looped = transformer_from_state(CFG, ref["state"])
+    scanned = transformer_from_state(CFG, ref["state"], runtime=WanRuntime(scan_layers=True))
     rng = np.random.default_rng(2)
     n, start = 12, 6  # hints cover tokens [6, 18): the first frame (6 tokens) is left alone
     hints = {k: rng.standard_normal((B, n, CFG.dim)).astype(np.float32) for k in (0, 1)}
@@ -213,24 +224,26 @@ def test_hints_looped_and_scanned(ref):
     assert out.shape == (B, 12, CFG.dim)
 
 
+@pytest.mark.parity
 def test_bf16_compute_tolerance(ref):
     """bfloat16 compute with float32 parameters stays within 3e-2 of the output scale of the
     float32 reference (bf16 has an 8-bit mantissa, ~4e-3 relative per rounding; diffusers' own
     bf16 forward on this model is ~7e-3 off)."""
-    model = load_state_into(CFG, ref["state"], runtime=WanRuntime(dtype="bfloat16", scan_layers=True))
+    model = transformer_from_state(CFG, ref["state"], runtime=WanRuntime(dtype="bfloat16", scan_layers=True))
     assert model.blocks.attn1.to_q.kernel[...].dtype == jnp.float32
     out = nnx.jit(lambda m, *a: m(*a))(model, ref["x"], ref["t"], ref["text"])
     assert out.dtype == jnp.bfloat16
     assert_close(np.asarray(out, np.float32), ref["out"], 3e-2)
 
 
+@pytest.mark.parity
 def test_gradients_scanned_remat_equal_looped(ref):
     def loss(m):
         return jnp.mean(jnp.square(m(ref["x"], ref["t"], ref["text"])))
 
     grads = []
     for rt in (WanRuntime(), WanRuntime(scan_layers=True, remat="dots_saveable")):
-        g = nnx.jit(nnx.grad(loss))(load_state_into(CFG, ref["state"], runtime=rt))
+        g = nnx.jit(nnx.grad(loss))(transformer_from_state(CFG, ref["state"], runtime=rt))
         flat = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(g)}
         grads.append(unstack_layers(flat) if rt.scan_layers else flat)
     assert sorted(grads[0]) == sorted(grads[1])
@@ -239,8 +252,9 @@ def test_gradients_scanned_remat_equal_looped(ref):
     assert np.abs(grads[0]["blocks.0.attn1.to_q.kernel"]).max() > 0
 
 
+@pytest.mark.parity
 def test_layout_helpers_and_input_errors(ref):
-    model = load_state_into(CFG, ref["state"], runtime=WanRuntime(scan_layers=True))
+    model = transformer_from_state(CFG, ref["state"], runtime=WanRuntime(scan_layers=True))
     per_layer = canonical_arrays(model)
     assert "blocks.1.ffn.proj_in.kernel" in per_layer and "blocks.ffn.proj_in.kernel" not in per_layer
     restacked = stack_layers(per_layer)

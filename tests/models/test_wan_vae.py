@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
 
 from mirage_jax.convert import wan_vae as cv  # noqa: E402
+from mirage_jax.convert.place import place  # noqa: E402
+from mirage_jax.models.wan import WanRuntime  # noqa: E402
 from mirage_jax.models.wan.vae import (  # noqa: E402
     WAN22_LATENTS_MEAN,
     WAN22_LATENTS_STD,
@@ -48,8 +48,7 @@ SIZE = 32  # pixels (height = width) in the parity tests
 
 def _abstract(cfg: WanVAEConfig) -> WanVAE:
     """A parameter-free model (ShapeDtypeStructs): enough for config-only methods and tracing."""
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: WanVAE(cfg))
 
 
 def _diffusers_kwargs(cfg: WanVAEConfig) -> dict:
@@ -57,6 +56,8 @@ def _diffusers_kwargs(cfg: WanVAEConfig) -> dict:
 
 
 def _torch_model(cfg: WanVAEConfig, seed: int):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
     model = diffusers.AutoencoderKLWan(**_diffusers_kwargs(cfg)).eval()
     with torch.no_grad():
@@ -67,6 +68,7 @@ def _torch_model(cfg: WanVAEConfig, seed: int):
 
 
 def _to_torch(x: np.ndarray):
+    torch = pytest.importorskip("torch")
     return torch.tensor(np.asarray(x)).permute(0, 4, 1, 2, 3)
 
 
@@ -93,7 +95,7 @@ def pair(request):
     cfg = VARIANTS[request.param]
     tm = _torch_model(cfg, seed=0)
     sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-    model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg))
+    model = cv.vae_from_state(cfg, sd)
     enc, dec = _jitted(model)
     return dict(name=request.param, cfg=cfg, torch=tm, model=model, enc=enc, dec=dec)
 
@@ -114,8 +116,11 @@ def test_wan22_parameter_count():
     assert counts == {"encoder": 149_637_088, "decoder": 555_051_580, "total": 704_688_668}
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("cfg", [WanVAEConfig.wan21(), VARIANTS["wan2.1"], VARIANTS["wan2.2"]], ids=["wan21", "tiny21", "tiny22"])
 def test_parameter_shapes_match_diffusers(cfg):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
     with torch.device("meta"):
         tm = diffusers.AutoencoderKLWan(**_diffusers_kwargs(cfg))
     theirs = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
@@ -147,7 +152,7 @@ def test_load_sharded_on_mesh():
     mesh = make_mesh((8,), ("fsdp",))
     cfg = VARIANTS["wan2.2"]
     arrays = {k: np.full(v, 0.5, np.float32) for k, v in cv.model_shapes(cfg).items()}
-    model = cv.model_from_arrays(cfg, arrays, mesh=mesh, sharding_rules="fsdp")
+    model = place(nnx.eval_shape(lambda: WanVAE(cfg)), arrays, mesh=mesh, rules="fsdp")
     kernel = model.decoder.conv_in.kernel[...]  # [3, 3, 3, z, 64]: conv_out (64) over fsdp
     assert kernel.sharding.spec[-1] == "fsdp"
     assert kernel.addressable_shards[0].data.shape[-1] == kernel.shape[-1] // 8
@@ -174,8 +179,10 @@ def test_jaxpr_size_does_not_grow_with_frames():
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("frames", [1, 5, 9, 17])
 def test_encode_decode_match_diffusers(pair, frames):
+    torch = pytest.importorskip("torch")
     if frames == 17 and pair["name"] != "wan2.2":
         pytest.skip("17 frames: checked on the Wan2.2 variant only (test-time budget)")
     rng = np.random.default_rng(frames)
@@ -199,11 +206,13 @@ def test_encode_decode_match_diffusers(pair, frames):
     assert float(jnp.max(jnp.abs(out))) <= 1.0
 
 
+@pytest.mark.parity
 def test_bf16_compute_close_to_fp32_reference():
+    torch = pytest.importorskip("torch")
     cfg = VARIANTS["wan2.2"]
     tm = _torch_model(cfg, seed=1)
     sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-    model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg), dtype=jnp.bfloat16)
+    model = cv.vae_from_state(cfg, sd, runtime=WanRuntime(dtype="bfloat16"))
     enc, dec = _jitted(model)
     video = np.random.default_rng(5).uniform(-1, 1, (1, 5, SIZE, SIZE, 3)).astype(np.float32)
     with torch.no_grad():
@@ -217,6 +226,7 @@ def test_bf16_compute_close_to_fp32_reference():
     assert _rel_err(out, ref_video) < BF16_TOL
 
 
+@pytest.mark.parity
 def test_tiled_encode_decode_match_diffusers_tiling():
     """Wan2.2 variant, 32 x 96 frames: 3 encode tiles and 6 decode tiles along the width
     (two tile sizes each). Encode 5 frames, decode one latent frame.
@@ -224,10 +234,11 @@ def test_tiled_encode_decode_match_diffusers_tiling():
     diffusers measures encode tiles after its 2x2 patchify, so its tile 32 / stride 16 is our
     64 / 32 (video pixels); decode tiles are in output pixels in both.
     """
+    torch = pytest.importorskip("torch")
     cfg = VARIANTS["wan2.2"]
     tm = _torch_model(cfg, seed=2)
     sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-    model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg))
+    model = cv.vae_from_state(cfg, sd)
     graphdef, state = nnx.split(model)
     p = cfg.patch
 
@@ -298,8 +309,11 @@ def test_full_presets():
     assert w22.video_shape((1, 9, 44, 80, 48)) == (1, 33, 704, 1280, 3)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("cfg", [WanVAEConfig.wan22(), WanVAEConfig.wan21(), VARIANTS["wan2.1"]], ids=["wan22", "wan21", "tiny21"])
 def test_config_roundtrip_and_diffusers(cfg):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
     d = cfg.to_diffusers()
     assert WanVAEConfig.from_diffusers(d) == cfg
     with torch.device("meta"):
@@ -318,6 +332,7 @@ def test_config_errors():
         WanVAEConfig.from_diffusers({"_class_name": "AutoencoderKL"})
 
 
+@pytest.mark.parity
 def test_patchify_matches_diffusers():
     from diffusers.models.autoencoders.autoencoder_kl_wan import patchify as t_patchify
     from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify as t_unpatchify
@@ -329,8 +344,10 @@ def test_patchify_matches_diffusers():
     np.testing.assert_array_equal(_from_torch(t_unpatchify(_to_torch(ours), 2)), x)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("frames,first", [(1, False), (4, False), (1, True), (2, True)])
 def test_avg_down_dup_up_match_diffusers(frames, first):
+    torch = pytest.importorskip("torch")
     from diffusers.models.autoencoders.autoencoder_kl_wan import AvgDown3D, DupUp3D
 
     x = np.random.default_rng(frames).normal(size=(1, frames, 4, 6, 8)).astype(np.float32)
