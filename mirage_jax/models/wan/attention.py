@@ -23,16 +23,10 @@ the runtime selects by name (``WanRuntime(attention="splash")``).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-
-
-class AttentionFn(Protocol):
-    def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None, key_mask: jax.Array | None = None
-    ) -> jax.Array: ...
 
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {}
