@@ -267,6 +267,7 @@ class Trainer:
             trainable = trainable_filter(rc.stage)
         self.trainable = trainable
         source, constants = self._data(source, constants)
+        self.dataset_source = source
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.score, self.empty_text = (jax.device_put(np.asarray(x, np.float32), replicated) for x in constants)
         from mirage_jax.data.pipeline import PipelineConfig, make_dataset
