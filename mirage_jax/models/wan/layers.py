@@ -202,6 +202,21 @@ def gated_add(x: jax.Array, y: jax.Array, gate: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 
 
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, precision=None) -> jax.Array:
+    """``x [..., in] @ kernel [in, out] + bias [out]`` computed as one 2-D ``[prod(...), in]``
+    matmul, reshaped back to ``[..., out]``.
+
+    Why 2-D: the weight gradient of a matmul over ``[B, N, in]`` tokens contracts two axes
+    (B and N). XLA:CPU lowers that dot by transposing an operand, and fuses the transpose with
+    the elementwise producers of the incoming gradient, recomputing them; for the residual
+    stream that producer chain spans every later block, so a training step did quadratic work
+    in depth (3x PyTorch's step at 6 layers). On 2-D operands the weight gradient is a plain
+    ``x^T g`` GEMM with no copy. Same forward numbers.
+    """
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, precision=precision) + bias
+    return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
+
+
 class Dense(nnx.Module):
     """``x @ kernel + bias`` with ``kernel [in, out]`` (torch ``Linear.weight.T``) and logical
     axis names ``names`` on the kernel (the bias takes the output name). Computes in ``dtype``.
@@ -228,11 +243,8 @@ class Dense(nnx.Module):
         self.precision = precision
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(self.dtype)
-        y = jax.lax.dot_general(
-            x, self.kernel[...].astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
-        )
-        return y + self.bias[...].astype(self.dtype)
+        kernel = self.kernel[...].astype(self.dtype)
+        return dense(x.astype(self.dtype), kernel, self.bias[...].astype(self.dtype), self.precision)
 
 
 def layer_norm_f32(x: jax.Array, eps: float, scale: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
@@ -325,8 +337,7 @@ class PatchEmbed(nnx.Module):
         x = x.astype(self.dtype).reshape(b, gt, pt, gh, ph, gw, pw, c)
         x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gt * gh * gw, pt * ph * pw * c)
         kernel = self.kernel[...].astype(self.dtype).reshape(pt * ph * pw * c, -1)
-        y = jnp.dot(x, kernel, precision=self.precision)
-        return y + self.bias[...].astype(self.dtype)
+        return dense(x, kernel, self.bias[...].astype(self.dtype), self.precision)
 
 
 class _MLP2(nnx.Module):
