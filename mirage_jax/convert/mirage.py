@@ -27,10 +27,16 @@ Sources:
 
 LoRA conventions (spec 10.4, 10.8): the reference *trains* with ``W x + alpha / r * B A x`` but
 its inference fuses ``W += alpha * B @ A`` with a command-line alpha (default 1.0) and no division
-by r; the two agree only when ``alpha == r``. ``fuse_lora=True`` reproduces the inference
-exactly (float32 arithmetic in the torch layout, then cast to the parameter dtype; the returned
-config has ``lora_rank=0``); ``fuse_lora=False`` keeps the factors as :data:`LoRAParam` with the
-training scale ``alpha / r`` (``config.lora_rank = r``, ``config.lora_alpha = alpha``).
+by r; the two agree only when the training alpha equals r and the inference alpha is 1 (in
+general: inference alpha = training alpha / r). ``load_mirage(lora_alpha=a)`` means what the
+reference means in each mode: ``fuse_lora=True`` reproduces its inference exactly,
+``W += a * B @ A`` (float32 arithmetic in the torch layout, then cast to the parameter dtype; the
+returned config has ``lora_rank=0``); ``fuse_lora=False`` keeps the factors as :data:`LoRAParam`
+with its training scale ``a / r`` (``config.lora_alpha = a``, ``config.lora_rank = r``). So
+``fuse_lora=True, lora_alpha=1`` and ``fuse_lora=False, lora_alpha=r`` give the same model.
+``lora_alpha=None`` (default): our files store the training alpha (metadata ``lora_alpha``), used
+as is unfused and as ``alpha / r`` fused (the trained model either way); for the reference's files
+(no metadata) the reference's defaults, training alpha = r and inference alpha 1 (scale 1 both).
 
 Every source goes through a name table (:mod:`mirage_jax.convert.table`, built from the
 backbone's tables in :mod:`mirage_jax.models.mirage.names`) with its coverage check (every
@@ -381,10 +387,11 @@ def load_mirage(
       config: :class:`MirageConfig` (its layer list, control channels and LoRA settings are
         used), :class:`WanDiTConfig`, a preset name (:data:`mirage_jax.convert.wan_dit.PRESETS`)
         or None (only for a diffusers directory or an orbax checkpoint).
-      lora_alpha: alpha of the LoRA file; None: the value our files store in their metadata,
-        else 1.0 (the reference's inference default).
-      fuse_lora: True: ``W += alpha * B @ A`` (the reference's inference; returned config has
-        ``lora_rank=0``); False: LoRA parameters with the training scale ``alpha / r``.
+      lora_alpha: the LoRA alpha in the reference's meaning for the mode (module docstring):
+        fused ``W += lora_alpha * B @ A``, unfused scale ``lora_alpha / r``. None: our files'
+        stored alpha, or the reference's defaults (scale 1) for its own files.
+      fuse_lora: True: fuse into the kernels (the reference's inference; the returned config has
+        ``lora_rank=0``); False: LoRA parameters (:data:`LoRAParam`: trainable, unmergeable).
       runtime, mesh, rules: as every loader (dtypes, scanned layers; sharding).
       seed: seed of the initialiser for what no file provides.
     Returns:
@@ -444,9 +451,14 @@ def load_mirage(
         stored_rank = _meta_float(lora_meta, "lora_rank", lora)
         if stored_rank is not None and stored_rank != rank:
             raise file_error(lora, f"metadata lora_rank={stored_rank:g} but the factors have rank {rank}", key="lora_rank")
-        alpha = lora_alpha if lora_alpha is not None else _meta_float(lora_meta, "lora_alpha", lora)
-        alpha = 1.0 if alpha is None else float(alpha)
-        lora_cfg = dataclasses.replace(cfg, lora_rank=rank, lora_alpha=alpha, lora_targets=targets)
+        stored_alpha = _meta_float(lora_meta, "lora_alpha", lora)
+        if lora_alpha is not None:  # the reference's meaning in each mode
+            train_alpha, fuse_alpha = float(lora_alpha), float(lora_alpha)
+        elif stored_alpha is not None:  # our file: trained with alpha / r
+            train_alpha, fuse_alpha = stored_alpha, stored_alpha / rank
+        else:  # the reference's defaults: training alpha = r, inference alpha 1 (both scale 1)
+            train_alpha, fuse_alpha = float(rank), 1.0
+        lora_cfg = dataclasses.replace(cfg, lora_rank=rank, lora_alpha=train_alpha, lora_targets=targets)
         cfg = dataclasses.replace(cfg, lora_rank=0) if fuse_lora else lora_cfg
 
     abstract = nnx.eval_shape(lambda: MirageModel(cfg, runtime))
@@ -483,7 +495,7 @@ def load_mirage(
                     i, t = re.fullmatch(r"dit\.blocks\.(\d+)\.(.+)", base).groups()
                     orig = f"blocks.{i}.{REFERENCE_TARGET_NAMES[t]}"
                     a, b = lora_source[orig + ".lora_A.weight"], lora_source[orig + ".lora_B.weight"]
-                    arrays[base + ".kernel"] = _fused_kernel(arrays[base + ".kernel"], a, b, alpha, canon[base + ".kernel"])
+                    arrays[base + ".kernel"] = _fused_kernel(arrays[base + ".kernel"], a, b, fuse_alpha, canon[base + ".kernel"])
 
     # Whatever no file provides, from the initialiser (native layout paths).
     provided_prefixes = ["dit."] + (["control."] if control is not None else []) + (
