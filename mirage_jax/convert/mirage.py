@@ -50,6 +50,7 @@ computed, created in their target shardings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -63,7 +64,7 @@ from jax.sharding import Mesh
 
 from mirage_jax.convert.place import Lazy, flat_variables, place, target_shardings, unstack_layers
 from mirage_jax.convert.table import LINEAR, ConversionError, Rule, convert, export
-from mirage_jax.convert.wan_dit import PRESETS, resolve_config
+from mirage_jax.convert.wan_dit import DIFFUSERS_IGNORE, PRESETS, resolve_config
 from mirage_jax.errors import ConfigError, file_error
 from mirage_jax.models.mirage import (
     REFERENCE_TARGET_NAMES,
@@ -308,19 +309,23 @@ def _canonical(flat: Mapping[str, Any], scanned: bool) -> dict[str, Any]:
     return out
 
 
-def _fresh(config: MirageConfig, runtime: WanRuntime, keys, shardings, seed: int) -> dict[str, jax.Array]:
-    """The model initialiser's values of ``keys`` (native NNX paths, any variable type), computed
-    under jit (XLA drops the rest of the initialisation) directly into ``shardings``."""
-    keys = sorted(keys)
-    if not keys:
-        return {}
-
+@functools.lru_cache(maxsize=8)
+def _initializer(config: MirageConfig, runtime: WanRuntime, keys: tuple[str, ...], shardings: tuple, seed: int):
     def init():
         model = MirageModel(config, runtime, rngs=nnx.Rngs(seed))
         flat = flat_variables(nnx.state(model))
         return {k: flat[k].get_value() for k in keys}
 
-    return jax.jit(init, out_shardings={k: shardings[k] for k in keys})()
+    return jax.jit(init, out_shardings=dict(zip(keys, shardings)))
+
+
+def _fresh(config: MirageConfig, runtime: WanRuntime, keys, shardings, seed: int) -> dict[str, jax.Array]:
+    """The model initialiser's values of ``keys`` (native NNX paths, any variable type), computed
+    under jit (XLA drops the rest of the initialisation) directly into ``shardings``."""
+    keys = tuple(sorted(keys))
+    if not keys:
+        return {}
+    return _initializer(config, runtime, keys, tuple(shardings[k] for k in keys), seed)()
 
 
 def _fused_kernel(kernel: Any, a: Any, b: Any, alpha: float, shape: tuple) -> Lazy:
@@ -470,7 +475,7 @@ def load_mirage(
     # Backbone, then the control branch and LoRA, each with its table's coverage check.
     arrays: dict[str, Any] = convert(
         dit_source, backbone_rules(fmt), {k: s for k, s in canon.items() if k.startswith("dit.") and not is_lora.match(k)},
-        ignore=() if fmt == "wan" else (r"blocks\.\d+\.attn2\.norm_added_q\.weight",), what=str(dit_path), lazy=True,
+        ignore=DIFFUSERS_IGNORE if fmt == "diffusers" else (), what=str(dit_path), lazy=True,
     )
     control_wanted = {k: s for k, s in canon.items() if k.startswith("control.")}
     if control is not None:
