@@ -194,26 +194,18 @@ def export(target: Mapping[str, Array], rules: Sequence[Rule], what: str = "mode
 # --------------------------------------------------------------------------------------------
 
 
-def _path_str(path) -> str:
-    return ".".join(str(p) for p in path)
-
-
 def flat_state_shapes(model_or_state, filter=None) -> dict[str, tuple]:
     """{dotted path: shape} of a model's (or abstract model's) variables (Params by default)."""
-    from flax import nnx
+    from mirage_jax.convert.place import flat_variables
 
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(
-        model_or_state, filter or nnx.Param
-    )
-    return {_path_str(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(state)}
+    return {k: tuple(v.get_value().shape) for k, v in flat_variables(model_or_state, *([filter] if filter else [])).items()}
 
 
 def flat_state_arrays(model, filter=None) -> dict[str, Array]:
-    """{dotted path: NumPy array} of a model's variables (Params by default)."""
-    from flax import nnx
+    """{dotted path: NumPy array} of a model's variables (Params by default; gathers shards)."""
+    from mirage_jax.convert.place import flat_variables
 
-    state = nnx.state(model, filter or nnx.Param)
-    return {_path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
+    return {k: np.asarray(v.get_value()) for k, v in flat_variables(model, *([filter] if filter else [])).items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -254,11 +254,6 @@ def _torch_to_numpy(t) -> Array:
     return t.numpy()
 
 
-def read_safetensors(path) -> Mapping[str, Array]:
-    """A lazy {name: array} view of a .safetensors file, index or directory (no torch; bf16 ok)."""
-    return open_safetensors(path)
-
-
 def read_diffusers_dir(path) -> tuple[Any, Mapping[str, Array]]:
     """(:class:`WanVAEConfig`, lazy state) of a diffusers AutoencoderKLWan directory (or of a
     pipeline directory's ``vae`` subfolder). Every problem is a FileFormatError naming the file.
@@ -341,7 +336,7 @@ def load_wan_original_vae(path, config=None, *, runtime=None, mesh=None, rules=N
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "no such checkpoint file")
-    state = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_checkpoint(path)
+    state = open_safetensors(path) if path.suffix == ".safetensors" else read_torch_checkpoint(path)
     if config is None:
         config = _original_config_for(state)
     model = vae_from_state(config, state, format="wan", runtime=runtime, mesh=mesh, rules=rules,
@@ -386,7 +381,6 @@ __all__ = [
     "model_shapes",
     "original_rules",
     "read_diffusers_dir",
-    "read_safetensors",
     "read_torch_checkpoint",
     "save_diffusers_vae",
 ]

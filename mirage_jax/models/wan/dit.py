@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirage_jax.errors import ConfigError
+from mirage_jax.models.params import param
 from mirage_jax.models.wan.attention import get_attention
 from mirage_jax.models.wan.layers import (
     PatchEmbed,
@@ -55,7 +57,6 @@ from mirage_jax.models.wan.layers import (
     layer_norm_f32,
     modulate,
 )
-from mirage_jax.models.params import param
 from mirage_jax.models.wan.rope import grid_positions, rope_axis_dims, rope_cos_sin
 
 __all__ = [
@@ -97,20 +98,20 @@ class WanDiTConfig:
     def __post_init__(self):
         patch = tuple(int(p) for p in self.patch_size)
         if len(patch) != 3 or min(patch) < 1:
-            raise ValueError(f"patch_size must be three positive ints (t, h, w), got {self.patch_size!r}")
+            raise ConfigError(f"patch_size must be three positive ints (t, h, w), got {self.patch_size!r}")
         object.__setattr__(self, "patch_size", patch)
         # diffusers: ``out_channels = out_channels or in_channels``.
         object.__setattr__(self, "out_channels", int(self.out_channels or self.in_channels))
         for name in ("num_attention_heads", "attention_head_dim", "in_channels", "text_dim", "freq_dim",
                      "ffn_dim", "rope_max_seq_len"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+            raise ConfigError(f"num_layers must be >= 0, got {self.num_layers}")
         if self.qk_norm != "rms_norm_across_heads":
             # diffusers' WanAttention always applies RMSNorm over all heads whatever this says;
             # other values would silently mean something else, so refuse them.
-            raise ValueError(
+            raise ConfigError(
                 f"qk_norm={self.qk_norm!r} is not supported: WanTransformer3DModel always uses RMS "
                 "norms across heads ('rms_norm_across_heads')"
             )
@@ -135,7 +136,7 @@ class WanDiTConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         cls_name = config.get("_class_name")
         if cls_name not in (None, "WanTransformer3DModel"):
-            raise ValueError(f"config is for {cls_name!r}, expected 'WanTransformer3DModel'")
+            raise ConfigError(f"config is for {cls_name!r}, expected 'WanTransformer3DModel'")
         kwargs, unknown = {}, []
         for key, value in config.items():
             if key.startswith("_"):
@@ -154,7 +155,7 @@ class WanDiTConfig:
                 continue
             kwargs[key] = tuple(value) if key == "patch_size" else value
         if unknown:
-            raise ValueError(f"unknown WanTransformer3DModel config keys {sorted(unknown)}")
+            raise ConfigError(f"unknown WanTransformer3DModel config keys {sorted(unknown)}")
         return cls(**kwargs)
 
     def to_diffusers(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirage_jax.errors import InputError
+from mirage_jax.errors import ConfigError, InputError
 from mirage_jax.models.params import param
 from mirage_jax.models.wan.layers import WanRuntime
 
@@ -152,7 +152,7 @@ class WanVAEConfig:
                 f"{self.temporal_ratio} (2^sum(temperal_downsample))"
             )
         if errors:
-            raise ValueError("invalid WanVAEConfig: " + "; ".join(errors))
+            raise ConfigError("invalid WanVAEConfig: " + "; ".join(errors))
 
     # -- derived sizes ----------------------------------------------------------------------
     @property
@@ -210,10 +210,10 @@ class WanVAEConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in config if not k.startswith("_") and k not in fields)
         if unknown:
-            raise ValueError(f"AutoencoderKLWan config has keys WanVAEConfig does not know: {unknown}")
+            raise ConfigError(f"AutoencoderKLWan config has keys WanVAEConfig does not know: {unknown}")
         cls_name = config.get("_class_name")
         if cls_name is not None and cls_name != "AutoencoderKLWan":
-            raise ValueError(f"config is for {cls_name!r}, expected 'AutoencoderKLWan'")
+            raise ConfigError(f"config is for {cls_name!r}, expected 'AutoencoderKLWan'")
         kwargs = {k: v for k, v in config.items() if k in fields}
         return cls(**kwargs)
 
@@ -273,7 +273,7 @@ class WanVAEConfig:
                 latents_std=WAN21_LATENTS_STD[:z],
             )  # fmt: skip
         else:
-            raise ValueError(f"unknown variant {variant!r}; use 'wan2.2' or 'wan2.1'")
+            raise ConfigError(f"unknown variant {variant!r}; use 'wan2.2' or 'wan2.1'")
         base.update(overrides)
         return cls(**base)
 
