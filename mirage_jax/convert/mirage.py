@@ -383,8 +383,9 @@ def load_mirage(
 
     Args:
       dit: the backbone: an original-naming ``.safetensors`` file, a diffusers transformer
-        directory, or our orbax checkpoint (which holds the whole model: then ``control`` and
-        ``lora`` must be None).
+        directory, our orbax checkpoint of a backbone (``mirage-jax convert``), or our orbax
+        checkpoint of a whole Mirage model (:func:`save_mirage_reference`; then ``control``
+        and ``lora`` must be None).
       control: the control branch file (``.safetensors``, or a torch ``.pth/.pt/.ckpt/.bin``);
         None: a fresh branch (``config.control_init``).
       lora: the LoRA file; None: no LoRA (or fresh factors when ``config`` is a MirageConfig
@@ -412,15 +413,19 @@ def load_mirage(
 
     runtime = runtime or WanRuntime()
     dit_path = _transformer_dir(Path(dit))
-    if ckpt.is_checkpoint(dit_path):
+    kind = ckpt.read_metadata(dit_path).get("kind") if ckpt.is_checkpoint(dit_path) else None
+    if kind == "mirage":
         if control is not None or lora is not None:
             raise ConfigError(f"{dit_path} is a whole-model orbax checkpoint; pass no control / lora file with it")
         return _load_orbax(dit_path, config, runtime, mesh, rules)
-    if dit_path.is_dir():
+    if kind is not None:  # a backbone written by `mirage-jax convert`, restored (sharded) per layer
+        from mirage_jax.convert.wan_dit import load_transformer
+
+        dit_cfg, backbone = load_transformer(dit_path, format="orbax", runtime=dataclasses.replace(runtime, scan_layers=False),
+                                             mesh=mesh, rules=rules)
+        dit_source, fmt = {"dit." + k: v.get_value() for k, v in flat_variables(backbone).items()}, "orbax"
+    elif dit_path.is_dir():
         dit_cfg, fmt = load_diffusers_config(dit_path), "diffusers"
-        given = _dit_config(config)
-        if given is not None and given != dit_cfg:
-            raise ConfigError(f"{dit_path}/config.json describes {dit_cfg}, which differs from the given config {given}")
     else:
         dit_cfg, fmt = _dit_config(config), "wan"
         if dit_cfg is None:
@@ -428,7 +433,11 @@ def load_mirage(
                 f"{dit_path}: a backbone file in the original Wan naming does not store the head count; pass "
                 f"config= (a MirageConfig, a WanDiTConfig or a preset of {PRESETS}, e.g. 'wan22_ti2v_5b')"
             )
-    dit_source = open_safetensors(dit_path)
+    given = _dit_config(config)
+    if fmt != "wan" and given is not None and given != dit_cfg:
+        raise ConfigError(f"{dit_path} holds a backbone {dit_cfg}, which differs from the given config {given}")
+    if fmt != "orbax":
+        dit_source = open_safetensors(dit_path)
 
     control_source, control_meta = read_control_file(control) if control is not None else ({}, {})
     if isinstance(config, MirageConfig):
@@ -473,10 +482,15 @@ def load_mirage(
     is_lora = re.compile(r".*\.lora_[ab]$")
 
     # Backbone, then the control branch and LoRA, each with its table's coverage check.
-    arrays: dict[str, Any] = convert(
-        dit_source, backbone_rules(fmt), {k: s for k, s in canon.items() if k.startswith("dit.") and not is_lora.match(k)},
-        ignore=DIFFUSERS_IGNORE if fmt == "diffusers" else (), what=str(dit_path), lazy=True,
-    )
+    dit_wanted = {k: s for k, s in canon.items() if k.startswith("dit.") and not is_lora.match(k)}
+    if fmt == "orbax":  # already our names and layout (place checks the shapes)
+        if set(dit_source) != set(dit_wanted):
+            raise ConversionError(f"{dit_path}: backbone parameters missing {sorted(set(dit_wanted) - set(dit_source))[:10]}, "
+                                  f"unexpected {sorted(set(dit_source) - set(dit_wanted))[:10]}")
+        arrays: dict[str, Any] = dict(dit_source)
+    else:
+        arrays = convert(dit_source, backbone_rules(fmt), dit_wanted, what=str(dit_path), lazy=True,
+                         ignore=DIFFUSERS_IGNORE if fmt == "diffusers" else ())
     control_wanted = {k: s for k, s in canon.items() if k.startswith("control.")}
     if control is not None:
         arrays.update(convert(control_source, control_rules("wan"), control_wanted, what=str(control), lazy=True))

@@ -205,18 +205,23 @@ def test_fresh_branch_when_no_control_file(ref):
 
 
 def test_diffusers_backbone_directory(ref, unfused, tmp_path):
+    """The backbone from a diffusers pipeline directory and from our orbax checkpoint of a WanDiT."""
+    from mirage_jax.checkpoint import save_model
     from mirage_jax.convert.wan_dit import save_diffusers_transformer, transformer_from_state
 
-    save_diffusers_transformer(transformer_from_state(CFG.dit, ref["dit"], format="wan"), None, tmp_path / "transformer")
-    # A pipeline directory (its transformer/ subfolder); the layer list comes from the MirageConfig.
-    cfg, model = load_mirage(tmp_path, ref["control_file"], ref["lora_file"], lora_alpha=float(RANK), fuse_lora=False,
-                             config=CFG)
-    assert cfg == unfused[0]
-    want, got = _arrays(unfused[1]), _arrays(model)
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    backbone = transformer_from_state(CFG.dit, ref["dit"], format="wan")
+    save_diffusers_transformer(backbone, None, tmp_path / "pipe" / "transformer")
+    save_model(tmp_path / "orbax", backbone, metadata={"kind": "wan_dit", "config": CFG.dit.to_diffusers()})
+    want = _arrays(unfused[1])
+    for path in (tmp_path / "pipe", tmp_path / "orbax"):  # the layer list comes from the MirageConfig
+        cfg, model = load_mirage(path, ref["control_file"], ref["lora_file"], lora_alpha=float(RANK), fuse_lora=False,
+                                 config=CFG)
+        assert cfg == unfused[0]
+        got = _arrays(model)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
     with pytest.raises(ConfigError, match="differs"):
-        load_mirage(tmp_path / "transformer", config=dataclasses.replace(CFG.dit, ffn_dim=32))
+        load_mirage(tmp_path / "pipe", config=dataclasses.replace(CFG.dit, ffn_dim=32))
 
 
 def test_errors_name_the_problem(ref, tmp_path):
