@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mirage_jax.models.wan.layers import Dense, default_kernel_init
+from mirage_jax.models.wan.layers import Dense, default_kernel_init, dense
 
 __all__ = [
     "LoRAParam",
@@ -111,9 +111,10 @@ class LoRADense(Dense):
         if key is not None and self.dropout > 0:
             keep = jax.random.bernoulli(jax.random.fold_in(key, self.index[...]), 1.0 - self.dropout, h.shape)
             h = jnp.where(keep, h / jnp.asarray(1.0 - self.dropout, h.dtype), jnp.zeros((), h.dtype))
-        dims = (((h.ndim - 1,), (0,)), ((), ()))
-        u = jax.lax.dot_general(h, self.lora_a[...].astype(self.dtype), dims, precision=self.precision)
-        d = jax.lax.dot_general(u, self.lora_b[...].astype(self.dtype), dims, precision=self.precision)
+        # 2-D matmuls like the base layer (``layers.dense``: plain GEMM weight gradients).
+        zero = jnp.zeros((), self.dtype)
+        u = dense(h, self.lora_a[...].astype(self.dtype), zero, self.precision)
+        d = dense(u, self.lora_b[...].astype(self.dtype), zero, self.precision)
         return y + (d * jnp.asarray(self.scale, d.dtype)).astype(y.dtype)
 
     def delta(self) -> jax.Array:
