@@ -572,6 +572,8 @@ def save_mirage_reference(model: MirageModel, out_dir: str | os.PathLike, *, for
     cfg = model.config
     _check_unmerged(model)
     out = Path(out_dir)
+    if (out / "orbax").exists() and not force:
+        raise ckpt.CheckpointError(f"{out / 'orbax'} exists; pass force=True to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"control": out / "control.safetensors"}
     save_safetensors(paths["control"], export_control(model),

@@ -189,6 +189,8 @@ def test_save_back_and_reload(ref, unfused, tmp_path):
     _, fused = load_mirage(ref["dit_file"], paths["control"], paths["lora"], config=CFG.dit)
     np.testing.assert_allclose(np.asarray(_fwd(fused, *_inputs())), out, rtol=0, atol=1e-5 * np.abs(out).max())
 
+    with pytest.raises(FileFormatError, match="force=True"):
+        save_mirage_reference(model, tmp_path / "out")
     merge_lora(again)
     with pytest.raises(ConfigError, match="unmerge_lora"):
         save_mirage_reference(again, tmp_path / "merged")
