@@ -11,7 +11,7 @@ from mirage_jax.diffusion import FlowEuler
 from mirage_jax.errors import InputError
 from mirage_jax.generate.denoise import TRACE_COUNTS
 from mirage_jax.generate.pipeline import tiny_pipeline
-from mirage_jax.generate.providers import GeometryDepth
+from mirage_jax.generate.providers import GeometryDepth, GeometryMask
 from mirage_jax.generate.rollout import Rollout, RolloutConfig, chunk_plan, rollout
 
 HW = (32, 64)
@@ -27,10 +27,11 @@ def run():
     cfg = RolloutConfig(num_chunks=CHUNKS, image_hw=HW)
     sampler = FlowEuler(num_steps=2)
     args = (pipe.model, pipe.vae, text, clip["intrinsics"][0], clip["cam2world"])
-    kw = dict(depth=GeometryDepth(clip["depth"]), sampler=sampler, config=cfg)
+    # masks on write-back (the dynamic objects), as the CLI's --masks
+    kw = dict(depth=GeometryDepth(clip["depth"]), mask=GeometryMask(~clip["dynamic_mask"]), sampler=sampler, config=cfg)
     before = dict(TRACE_COUNTS)
     r = Rollout(*args, **kw)
-    r.init(clip["frames"][0], clip["depth"][0])
+    r.init(clip["frames"][0], clip["depth"][0], clip["dynamic_mask"][0])
     r.chunk()
     r.chunk()
     snap = jax.tree.map(np.asarray, r.state._replace(key=None))  # before chunk 3 (the write donates the state)
@@ -38,7 +39,7 @@ def run():
     a = r.result()
     traces = {k: TRACE_COUNTS[k] - before.get(k, 0) for k in ("rollout_chunk", "rollout_write", "rollout_init")}
     b = rollout(pipe.model, pipe.vae, clip["frames"][0], clip["intrinsics"][0], clip["cam2world"], text,
-                first_depth=clip["depth"][0], **kw)
+                first_depth=clip["depth"][0], first_exclude=clip["dynamic_mask"][0], **kw)
     traces_again = {k: TRACE_COUNTS[k] - before.get(k, 0) for k in traces}
     return dict(clip=clip, a=a, b=b, snap=snap, traces=traces, traces_again=traces_again)
 
@@ -61,14 +62,18 @@ def test_chunk_plan_and_memory_written_at_the_latent_poses(run):
         assert rec["frames"] == [32 * c, 32 * c + 32]
         assert rec["preceding_latents"] == ([] if c == 0 else [8 * c - 2, 8 * c - 1])
     # written per chunk: 9 latents in chunk 0 (frame 0 re-added, as the reference), 8 later
-    assert [rec["memory_added"] for rec in a.chunks] == [9 * CELLS, 8 * CELLS, 8 * CELLS]
-    assert a.chunks[-1]["memory"]["count"] == (1 + 9 + 8 * (CHUNKS - 1)) * CELLS
+    seen = [rec["memory"]["written"] + rec["memory"]["rejected"] for rec in a.chunks]
+    assert np.diff([CELLS] + seen).tolist() == [9 * CELLS, 8 * CELLS, 8 * CELLS]
+    added = [rec["memory_added"] for rec in a.chunks]
+    assert np.diff([a.chunks[0]["memory"]["count"] - added[0]] + [r["memory"]["count"] for r in a.chunks]).tolist() == added
+    assert all(r["memory"]["evicted"] == r["memory"]["dropped"] == 0 for r in a.chunks)
+    assert a.chunks[-1]["memory"]["count"] == a.chunks[-1]["memory"]["written"] <= (1 + 9 + 8 * (CHUNKS - 1)) * CELLS
     # the same memory built by hand: latent g with the depth and pose of pixel frame 4 g
-    K, P, D = clip["intrinsics"][0], clip["cam2world"], clip["depth"]
+    K, P, D, X = clip["intrinsics"][0], clip["cam2world"], clip["depth"], clip["dynamic_mask"]
     mem = memory.empty(a.memory.capacity, a.latents.shape[-1])
     order = [0, 0] + list(range(1, a.latents.shape[0]))  # init, chunk 0's frame 0 again, then the rest
     for g in order:
-        mem = memory.write(mem, a.latents[g], D[4 * g], K, P[4 * g])
+        mem = memory.write(mem, a.latents[g], D[4 * g], K, P[4 * g], exclude=X[4 * g])
     np.testing.assert_array_equal(np.asarray(mem.points), np.asarray(a.memory.points))
     np.testing.assert_array_equal(np.asarray(mem.features), np.asarray(a.memory.features))
     # frame 0 of every chunk is the previous chunk's last latent, decoded into the shared frame
