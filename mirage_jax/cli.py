@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS = {
     "convert": ("mirage_jax.convert.cli", "convert diffusers / Wan checkpoints to orbax"),
     "preprocess": ("mirage_jax.preprocess", "encode clips once to latent clip records (VAE + text), resumable"),
+    "generate": ("mirage_jax.generate.cli", "image + camera path + prompt -> video, memory and metadata"),
     "train": ("mirage_jax.train.trainer", "two-stage Mirage training (--config configs/train_*.py, --config.key=value)"),
 }
 
