@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mirage_jax.convert import cli, load_transformer, load_vae, place
+from mirage_jax.convert import cli, load_transformer, load_vae
+from mirage_jax.convert.place import place
 from mirage_jax.convert.table import flat_state_arrays, flat_state_shapes
 from mirage_jax.convert.wan_dit import canonical_arrays, save_wan_original_transformer
 from mirage_jax.convert.wan_vae import save_diffusers_vae
