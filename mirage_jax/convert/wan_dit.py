@@ -179,7 +179,7 @@ def load_diffusers_config(path: str | os.PathLike) -> WanDiTConfig:
 PRESETS = ("wan22_ti2v_5b", "wan21_t2v_1_3b", "small", "tiny")
 
 
-def resolve_config(config: "WanDiTConfig | Mapping[str, Any] | str | os.PathLike") -> WanDiTConfig:
+def resolve_config(config: WanDiTConfig | Mapping[str, Any] | str | os.PathLike) -> WanDiTConfig:
     """A :class:`WanDiTConfig` from itself, a preset name (:data:`PRESETS`), a config dict in the
     original (``dim``, ``num_heads``, ...) or diffusers naming, or the path of such a JSON file."""
     if isinstance(config, WanDiTConfig):
