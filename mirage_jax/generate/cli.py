@@ -226,10 +226,9 @@ def prepare(args) -> dict:
         mask = providers.GeometryMask(geo.masks, args.geometry)
         first_exclude = ~geo.masks[0]
 
-    from mirage_jax.generate.pipeline import load_pipeline
+    from mirage_jax.generate.pipeline import check_checkpoint
 
-    if args.checkpoint != "random:tiny":
-        load_pipeline(args.checkpoint)  # raises, naming what is supported
+    check_checkpoint(args.checkpoint)
     if args.worldscore:
         g.write_worldscore_cameras(Path(args.out) / "camera_data.json", poses[:need],
                                    np.broadcast_to(K, (need, 3, 3)), (H, W), atol_px=0.5 + 1e-3)

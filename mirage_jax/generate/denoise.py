@@ -63,10 +63,14 @@ def denoise_chunk_pure(model, sampler, noise, first_latent, control, text, refer
     first = first_latent.astype(dtype)[:, None]
     ref, pre = reference.astype(dtype), preceding.astype(dtype)
     frame_mask = _frame_mask(b, t, reference_mask, preceding_mask, r, p)
+    # The module is rebuilt (fresh variables, copy=True) inside the loop body: NNX transforms in
+    # the model (nnx.scan over stacked layers) refuse variables of an outer trace level.
+    graphdef, state = nnx.split(model)
 
     def velocity(x, step_t):
         latents = jnp.concatenate([ref, x, pre], axis=1)
-        v = model(latents, chunk_timesteps(step_t, r, t, p), text, control, num_reference=r, frame_mask=frame_mask)
+        m = nnx.merge(graphdef, state, copy=True)
+        v = m(latents, chunk_timesteps(step_t, r, t, p), text, control, num_reference=r, frame_mask=frame_mask)
         return v[:, r:r + t]
 
     def reimpose(x, _):

@@ -1,5 +1,19 @@
 """What a rollout needs besides the cameras: the Mirage model, the VAE and a text encoder.
 
+A checkpoint directory (``--checkpoint DIR``) holds::
+
+    DIR/orbax/              the whole Mirage model (mirage_jax.convert.save_mirage_reference), or
+    DIR/transformer/ | DIR/dit.safetensors   the backbone (diffusers directory / original Wan file)
+      + DIR/control.safetensors (optional)   the reference's control branch (VACE) file
+      + DIR/lora.safetensors (optional)      the reference's LoRA file (fused, its inference)
+    DIR/vae/ | DIR/vae.pth  the Wan2.2 VAE (orbax, diffusers directory or original Wan file)
+    DIR/text_encoder/       the umT5 encoder (transformers directory)
+    DIR/tokenizer/          tokenizer.json or spiece.model (or inside text_encoder/)
+
+(the layout of a diffusers Wan pipeline plus the reference's Mirage files); everything goes
+through the loaders of :mod:`mirage_jax.convert`. :func:`check_checkpoint` checks the layout
+without reading weights (the CLI calls it before any compute).
+
 ``load_pipeline("random:tiny")`` builds test-sized models with random weights (seeded): the tiny
 Mirage model, a tiny Wan2.2-style VAE with the same latent channels and a tiny umT5 encoder fed
 with the prompt's UTF-8 bytes as token ids (no tokenizer files needed). It exercises every code
@@ -9,6 +23,7 @@ path of the real pipeline at a size that runs in seconds on a CPU; its videos ar
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable
 
 import jax.numpy as jnp
@@ -17,7 +32,7 @@ from flax import nnx
 
 from mirage_jax.errors import ConfigError
 
-__all__ = ["Pipeline", "load_pipeline", "tiny_pipeline"]
+__all__ = ["Pipeline", "check_checkpoint", "load_pipeline", "tiny_pipeline"]
 
 TINY_TEXT_LEN = 16
 
@@ -64,12 +79,55 @@ def tiny_pipeline(seed: int = 0) -> Pipeline:
     return Pipeline(model, vae, encode_text, f"random:tiny (seed {seed})")
 
 
-def load_pipeline(spec: str, seed: int = 0) -> Pipeline:
-    """``"random:tiny"`` -> :func:`tiny_pipeline`. Other values raise ConfigError naming what is
-    supported."""
+def _first(d: Path, names) -> Path | None:
+    return next((d / n for n in names if (d / n).exists()), None)
+
+
+def check_checkpoint(spec: str) -> dict:
+    """The files :func:`load_pipeline` would read for ``spec`` ({} for ``random:tiny``); raises
+    ConfigError naming what is missing (nothing is loaded)."""
+    if spec == "random:tiny":
+        return {}
+    d = Path(spec)
+    if not d.is_dir():
+        raise ConfigError(f"--checkpoint {spec!r}: not 'random:tiny' and not a directory")
+    files = dict(
+        model=_first(d, ("orbax", "transformer", "dit.safetensors")),
+        control=_first(d, ("control.safetensors",)),
+        lora=_first(d, ("lora.safetensors",)),
+        vae=_first(d, ("vae", "vae.pth")),
+        text_encoder=_first(d, ("text_encoder",)),
+        tokenizer=_first(d, ("tokenizer", "text_encoder")),
+    )
+    missing = [k for k in ("model", "vae", "text_encoder") if files[k] is None]
+    if missing:
+        raise ConfigError(
+            f"--checkpoint {d}: no {', '.join(missing)} (expected orbax/ or transformer/ or dit.safetensors; "
+            "vae/ or vae.pth; text_encoder/ and tokenizer/)")
+    if files["model"].name == "orbax" and (files["control"] or files["lora"]):
+        raise ConfigError(f"--checkpoint {d}: orbax/ is a whole model; remove control/lora.safetensors or orbax/")
+    return files
+
+
+def load_pipeline(spec: str, seed: int = 0, *, runtime=None, text_len: int = 512) -> Pipeline:
+    """``"random:tiny"`` -> :func:`tiny_pipeline`; a directory -> the models of the layout above
+    (``runtime``: dtypes / scanned layers of the DiT and the VAE; ``text_len``: prompt tokens)."""
     if spec == "random:tiny":
         return tiny_pipeline(seed)
-    raise ConfigError(
-        f"--checkpoint {spec!r}: only 'random:tiny' is supported by this build; loading Mirage weights "
-        "(control branch + LoRA files) for generation is not wired yet"
-    )
+    from mirage_jax.convert import load_umt5, load_vae
+    from mirage_jax.convert.mirage import load_mirage
+    from mirage_jax.models.umt5 import encode_prompts, load_tokenizer
+
+    f = check_checkpoint(spec)
+    single = f["model"].suffix == ".safetensors"
+    _, model = load_mirage(f["model"], f["control"], f["lora"], config="wan22_ti2v_5b" if single else None,
+                           runtime=runtime, seed=seed)
+    _, vae = load_vae(f["vae"], runtime=runtime)
+    _, encoder = load_umt5(f["text_encoder"])
+    tokenizer = load_tokenizer(f["tokenizer"])
+
+    def encode_text(texts):
+        texts = (texts,) if isinstance(texts, str) else tuple(texts)
+        return encode_prompts(texts, tokenizer, encoder, text_len)
+
+    return Pipeline(model, vae, encode_text, str(Path(spec).resolve()))

@@ -551,7 +551,7 @@ def chunk_memory_analysis(model_config, vae_config, *, runtime=None, vae_runtime
         aliased=int(ma.alias_size_in_bytes),
         model_parameters=nbytes(mstate),
         vae_parameters=nbytes(vstate),
-        rollout_state=nbytes(state),
+        rollout_state=nbytes(state._replace(key=None)),
     )
     out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
     return out

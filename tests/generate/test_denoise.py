@@ -100,3 +100,13 @@ def test_timesteps_and_errors(setup):
     with pytest.raises(InputError, match="reference_mask"):
         denoise_chunk(model, s, d["noise"], d["first"], d["control"], d["text"], reference=d["ref"],
                       preceding=d["pre"], reference_mask=jnp.ones((1, 3), bool))
+
+
+def test_scanned_layers_run_inside_the_sampler_loop(setup):
+    """The 5B runtime stacks the layers (nnx.scan inside the model) inside the fori_loop."""
+    from mirage_jax.models.wan.layers import WanRuntime
+
+    _, d = setup
+    model = MirageModel(MirageConfig.tiny(), WanRuntime(scan_layers=True), rngs=nnx.Rngs(3))
+    x = denoise_chunk(model, FlowEuler(num_steps=1), d["noise"], d["first"], d["control"][:, :T], d["text"])
+    assert x.shape == d["noise"].shape and bool(jnp.all(jnp.isfinite(x)))
