@@ -16,9 +16,10 @@ from mirage_jax.models.wan.dit import count_params
 from mirage_jax.models.wan.vae import WanVAEInputError
 from mirage_jax.sharding import make_mesh
 
-# The smallest configs of each architecture (eager construction compiles one op per shape).
-VAE_CFG = WanVAEConfig.tiny("wan2.1", dim_mult=(1, 2), temperal_downsample=(True,), scale_factor_spatial=2,
-                            scale_factor_temporal=2)
+# The smallest configs of each architecture: eager construction compiles one initialiser per
+# parameter shape (twice: again inside the mesh), so few distinct shapes keep the build test short.
+VAE_CFG = WanVAEConfig.tiny("wan2.1", dim_mult=(1,), temperal_downsample=(), scale_factor_spatial=1,
+                            scale_factor_temporal=1)
 DIT_CFG = WanDiTConfig(**{**WanDiTConfig.tiny().__dict__, "num_layers": 3})
 
 
@@ -27,9 +28,8 @@ def _names(model):
     return {".".join(map(str, p)): v.get_metadata().get("out_sharding") for p, v in nnx.to_flat_state(state)}
 
 
-@pytest.mark.parametrize("factory", [lambda: WanVAE(VAE_CFG), lambda: WanDiT(DIT_CFG, rngs=nnx.Rngs(0)),
-                                     lambda: WanDiT(DIT_CFG, WanRuntime(scan_layers=True), rngs=nnx.Rngs(0))],
-                         ids=["vae", "dit", "dit_scanned"])
+@pytest.mark.parametrize("factory", [lambda: WanVAE(VAE_CFG), lambda: WanDiT(DIT_CFG, rngs=nnx.Rngs(0))],
+                         ids=["vae", "dit"])
 def test_models_build_eagerly_abstractly_and_under_a_mesh(factory):
     eager = factory()
     abstract = nnx.eval_shape(factory)
@@ -108,6 +108,6 @@ def test_vae_refuses_integer_and_0_255_video():
     # Under jit the values cannot be checked (documented); the dtype still is.
     model = place(vae, {k: np.zeros(s, np.float32) for k, s in flat_state_shapes(vae).items()})
     out = jax.eval_shape(model.encode, jax.ShapeDtypeStruct((1, 1, 8, 8, 3), jnp.float32))
-    assert out.shape == (1, 1, 4, 4, VAE_CFG.z_dim)
+    assert out.shape == (1, 1, 8, 8, VAE_CFG.z_dim)
     with pytest.raises(WanVAEInputError, match="dtype int32"):
         jax.eval_shape(model.encode, jax.ShapeDtypeStruct((1, 1, 8, 8, 3), jnp.int32))
