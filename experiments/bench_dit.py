@@ -214,12 +214,12 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from mirage_jax.convert.wan_dit import load_state_into
+    from mirage_jax.convert.wan_dit import transformer_from_state
     from mirage_jax.models.wan.dit import WanRuntime
 
     runtime = WanRuntime(param_dtype=args.param_dtype, dtype=args.dtype, attention=args.attention,
                          remat=args.remat, scan_layers=args.scan)
-    model = load_state_into(cfg, state, runtime=runtime) if state is not None else random_model(cfg, runtime)
+    model = transformer_from_state(cfg, state, runtime=runtime) if state is not None else random_model(cfg, runtime)
     del state
     graphdef, params = nnx.split(model)
     del model

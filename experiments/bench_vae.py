@@ -48,6 +48,8 @@ from flax import nnx  # noqa: E402
 
 from common import time_calls  # noqa: E402  (experiments/common.py)
 from mirage_jax.convert import wan_vae as cv  # noqa: E402
+from mirage_jax.convert.place import place  # noqa: E402
+from mirage_jax.models.wan import WanRuntime  # noqa: E402
 from mirage_jax.models.wan.vae import WanVAE, WanVAEConfig, param_count  # noqa: E402
 
 CONFIGS = {
@@ -94,7 +96,7 @@ def _random_model(cfg: WanVAEConfig, dtype, seed: int) -> WanVAE:
             arrays[path] = np.ones(shape, np.float32)
         else:
             arrays[path] = np.zeros(shape, np.float32)
-    return cv.model_from_arrays(cfg, arrays, dtype=dtype)
+    return place(nnx.eval_shape(lambda: WanVAE(cfg, WanRuntime(dtype=dtype))), arrays)
 
 
 def _torch_device(name: str):
@@ -186,8 +188,7 @@ def _run_torch(tm, args, video: np.ndarray, latent: np.ndarray, cfg: WanVAEConfi
 
 def _memory_scaling(cfg: WanVAEConfig, args, dtype) -> dict:
     """XLA temporary bytes of tiled vs untiled encode/decode at 1x and 2x width (compile only)."""
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: WanVAE(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: WanVAE(cfg, WanRuntime(dtype=dtype)))
     graphdef, state = nnx.split(abstract)
     out = {}
     tiling = dict(tile_sample_size=args.tile_size, tile_sample_stride=args.tile_stride)
@@ -261,7 +262,7 @@ def main(argv=None) -> dict:
         kwargs = {k: v for k, v in cfg.to_diffusers().items() if not k.startswith("_") and k != "clip_output"}
         tm = diffusers.AutoencoderKLWan(**kwargs).eval()
         sd = {k: v.numpy() for k, v in tm.state_dict().items()}
-        model = cv.model_from_arrays(cfg, cv.convert_diffusers_state(sd, cfg), dtype=dtype)
+        model = cv.vae_from_state(cfg, sd, runtime=WanRuntime(dtype=dtype))
         del sd
         tm = tm.to(_torch_device(args.torch_device))
         if args.dtype != "float32":
