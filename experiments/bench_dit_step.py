@@ -12,7 +12,7 @@ parameters, and a full training step (that plus AdamW: ``optax.adamw`` through `
 
 The timings are interleaved (per round: torch then JAX for each program, ``--iters`` runs each) so
 a shared, noisy machine slows both alike; medians over all rounds are reported with the JAX / torch
-time ratio. Output difference of the forwards is reported as a sanity check of the same weights.
+time ratio, for wall time and for process CPU time (steadier when other jobs share the cores). Output difference of the forwards is reported as a sanity check of the same weights.
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _timed(fn, iters: int) -> list[float]:
+def _timed(fn, iters: int) -> list[tuple[float, float]]:
+    """``iters`` runs of ``fn`` -> [(wall seconds, process CPU seconds)]."""
     out = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
@@ -197,7 +198,10 @@ def main(argv=None) -> int:
     }
     for fw in programs:
         result[fw] = {**result.get(fw, {}), **{
-            name: {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts} for name, ts in times[fw].items()}}
+            name: {"median_s": statistics.median(w for w, _ in ts), "min_s": min(w for w, _ in ts),
+                   "median_cpu_s": statistics.median(c for _, c in ts), "times_s": [w for w, _ in ts],
+                   "cpu_times_s": [c for _, c in ts]}
+            for name, ts in times[fw].items()}}
     if y_torch is not None:
         import torch
 
@@ -205,13 +209,17 @@ def main(argv=None) -> int:
         result["max_abs_diff_forward"] = float(np.abs(y_jax - y_torch).max())
         result["ratio_jax_over_torch"] = {
             name: result["jax"][name]["median_s"] / result["torch"][name]["median_s"] for name in PROGRAMS}
+        result["cpu_ratio_jax_over_torch"] = {
+            name: result["jax"][name]["median_cpu_s"] / result["torch"][name]["median_cpu_s"] for name in PROGRAMS}
 
     print(f"Wan DiT training step: {cfg.dim} wide ({cfg.num_attention_heads} x {cfg.attention_head_dim}), "
           f"{cfg.num_layers} layers, FFN {cfg.ffn_dim}, {result['tokens']} tokens, text {args.text_len}, float32, "
           f"remat={args.remat}, scan={args.scan}; {args.rounds} rounds x {args.iters} runs")
     for name in PROGRAMS:
-        row = "  ".join(f"{fw} {1e3 * result[fw][name]['median_s']:8.1f} ms" for fw in programs)
-        ratio = f"  jax/torch {result['ratio_jax_over_torch'][name]:.2f}" if y_torch is not None else ""
+        row = "  ".join(f"{fw} {1e3 * result[fw][name]['median_s']:8.1f} ms (cpu {1e3 * result[fw][name]['median_cpu_s']:8.1f})"
+                        for fw in programs)
+        ratio = (f"  jax/torch {result['ratio_jax_over_torch'][name]:.2f} (cpu {result['cpu_ratio_jax_over_torch'][name]:.2f})"
+                 if y_torch is not None else "")
         print(f"  {name:17s} {row}{ratio}")
     if y_torch is not None:
         print(f"  max |jax - torch| forward = {result['max_abs_diff_forward']:.2e}")
