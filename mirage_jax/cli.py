@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "convert": ("mirage_jax.convert.cli", "convert diffusers / Wan checkpoints to orbax"),
     "preprocess": ("mirage_jax.preprocess", "encode clips once to latent clip records (VAE + text), resumable"),
     "generate": ("mirage_jax.generate.cli", "image + camera path + prompt -> video, memory and metadata"),
+    "evaluate": ("mirage_jax.eval.cli", "a checkpoint on the held-out suite -> results.json / results.md"),
     "train": ("mirage_jax.train.trainer", "two-stage Mirage training (--config configs/train_*.py, --config.key=value)"),
 }
 
