@@ -202,18 +202,25 @@ def _step_impl(graphdef, state, batch, score, empty_text, cfg: SampleConfig, acc
     ts: TrainState = nnx.merge(graphdef, state)
     wrt = ts.optimizer.wrt
     key = jax.random.fold_in(jax.random.wrap_key_data(ts.rng[...]), ts.optimizer.step[...])
-    gdef, params, rest = nnx.split(ts.model, wrt, ...)
+    gdef, model_state = nnx.split(ts.model)
+    params = nnx.state(ts.model, wrt)
 
-    def loss_of(p, micro, k):
-        return flow_loss(nnx.merge(gdef, p, rest), micro, score, empty_text, k, cfg)
+    def grad_fn(micro, k):
+        # The model is rebuilt at the current trace level (inside the accumulation scan) and
+        # differentiated with NNX's own transform, which composes with the model's nnx.scan /
+        # nnx.remat over layers; only the ``wrt`` variables get gradients.
+        def loss_of(model):
+            return flow_loss(model, micro, score, empty_text, k, cfg)
 
-    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+        fresh = jax.tree.map(lambda x: x, model_state)  # new Variable objects at this trace level
+        return nnx.value_and_grad(loss_of, argnums=nnx.DiffState(0, wrt), has_aux=True)(nnx.merge(gdef, fresh))
+
     if accum == 1:
-        (_, aux), grads = grad_fn(params, batch, key)
+        (_, aux), grads = grad_fn(batch, key)
     else:
         def body(acc, xs):
             micro, i = xs
-            (_, a), g = grad_fn(params, micro, jax.random.fold_in(key, i))
+            (_, a), g = grad_fn(micro, jax.random.fold_in(key, i))
             return jax.tree.map(lambda s, x: s + x.astype(jnp.float32), acc, g), a
 
         zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)

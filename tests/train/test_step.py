@@ -39,7 +39,10 @@ def _flat(state):
 
 def _real_state(stage, lr=1e-3):
     mc = MirageConfig(dit=DIT, lora_rank=4 if stage == 2 else 0, lora_alpha=4.0)
-    return create_train_state(lambda: MirageModel(mc, WanRuntime(), rngs=nnx.Rngs(0)),
+    # Stage 2 runs the training set-up of the 5B config: fp32 master weights, bf16 compute,
+    # rematerialised and scanned layers (LoRA factors stacked on the layer axis).
+    rt = WanRuntime() if stage == 1 else WanRuntime(dtype="bfloat16", remat="full", scan_layers=True)
+    return create_train_state(lambda: MirageModel(mc, rt, rngs=nnx.Rngs(0)),
                               make_tx(OptimConfig(learning_rate=lr)), trainable_filter(stage), seed=0)
 
 
