@@ -61,6 +61,8 @@ def _prepare(args):
         raise _UsageError(f"--chunks must be >= 1, got {args.chunks}")
     if args.steps < 1:
         raise _UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.seed < 0:
+        raise _UsageError(f"--seed must be >= 0, got {args.seed}")
     hw = _image_size(args.image_size)
     entries = S.heldout_suite(args.worlds)
     wanted = None if args.trajectories == "all" else [t.strip() for t in args.trajectories.split(",") if t.strip()]
@@ -78,10 +80,9 @@ def _prepare(args):
             raise _UsageError(f"--depth-model {args.depth_model}: cannot import ({e})") from None
     elif args.depth_model:
         raise _UsageError("--depth-model needs --depth model")
-    from mirage_jax.generate.pipeline import load_pipeline
+    from mirage_jax.generate.pipeline import check_checkpoint
 
-    if args.checkpoint != "random:tiny":
-        load_pipeline(args.checkpoint)  # raises, naming what is supported
+    check_checkpoint(args.checkpoint)  # the layout, before any weight is read
     return hw, entries, depth_fn
 
 

@@ -31,6 +31,7 @@ comparisons (they are not expected to stay put). It writes ``results.json`` and 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import time
@@ -352,7 +353,8 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
 
     Returns:
       dict(label, settings, trajectories: one dict per entry (metrics, per-frame PSNR, loop
-      pairs, seconds), by_path: means per path type, aggregate: means over trajectories
+      pairs, seconds of generate_fn: the first includes compilation), by_path: means per path
+      type, aggregate: means over trajectories
       (metrics a trajectory lacks, e.g. PSNRc without a revisit, are left out of the mean)).
     """
     from tqdm import tqdm
@@ -360,6 +362,11 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
     suite = tuple(suite)
     if not suite:
         raise InputError("evaluate: the suite is empty")
+    defaults = {k: p.default for k, p in inspect.signature(M.revisit_pairs).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    if set(criteria) - set(defaults):
+        raise InputError(f"evaluate: unknown revisit criteria {sorted(set(criteria) - set(defaults))}; "
+                         f"known: {sorted(defaults)}")
     rows = []
     for entry in tqdm(suite, desc="evaluate", unit="trajectory", disable=not progress):
         inst = render_instance(entry, image_hw, chunks)
@@ -382,7 +389,7 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
         label=label,
         settings=dict(image_hw=list(image_hw), chunks=chunks, frames=rows[0]["frames"],
                       held_out_seeds=[HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.stop], suite_seed=SUITE_SEED,
-                      consistency_stride=CONSISTENCY_STRIDE, revisit_criteria=criteria or "defaults"),
+                      consistency_stride=CONSISTENCY_STRIDE, revisit_criteria={**defaults, **criteria}),
         trajectories=rows,
         by_path=by_path,
         aggregate=_aggregate(rows),

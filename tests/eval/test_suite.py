@@ -79,6 +79,7 @@ def test_evaluate_against_hand_values(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["aggregate"]["psnr"] == pytest.approx(psnr8, rel=1e-5)
     assert saved["settings"]["held_out_seeds"] == [S.HELD_OUT_SEED_START, 2**31]
+    assert saved["settings"]["revisit_criteria"] == dict(max_rotation_deg=5.0, max_translation=0.1, leave_factor=2.0)
     md = (tmp_path / "results.md").read_text()
     assert "| w0-indoor-pan | 33 |" in md and "**all**" in md
     for name in ("w0-indoor-orbit", "w0-indoor-pan"):
@@ -90,6 +91,8 @@ def test_evaluate_against_hand_values(tmp_path):
     r = rep["trajectories"][0]
     assert r["psnr"] == math.inf and r["consistency_mse"] == r["consistency_mse_gt"]
     assert json.loads((tmp_path / "gt" / "results.json").read_text())["trajectories"][0]["psnr"] == "inf"
+    with pytest.raises(InputError, match="unknown revisit criteria"):
+        S.evaluate(lambda inst: inst.frames, entries[:1], image_hw=HW, progress=False, max_angle=3)
     with pytest.raises(InputError, match="generate_fn returned"):
         S.evaluate(lambda inst: inst.frames[:-1], entries[:1], image_hw=HW, progress=False)
 
