@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model checkpoint ('random:tiny' for random tiny models)")
     p.add_argument("--out", required=True, help="output folder (results.json, results.md)")
     p.add_argument("--worlds", type=int, default=8, help="held-out worlds, 1..8 (3 trajectories each)")
+    p.add_argument("--kinds", default="indoor,outdoor", help="scene kinds the worlds cycle through: indoor,outdoor or indoor")
     p.add_argument("--trajectories", default="all", help="'all' or path types / entry names, comma-separated")
     p.add_argument("--chunks", type=int, default=1, help="chunks per rollout (33 + 32 (N - 1) frames)")
     p.add_argument("--image-size", default="128x128", help="H x W pixels, e.g. 128x128")
@@ -64,7 +65,7 @@ def _prepare(args):
     if args.seed < 0:
         raise _UsageError(f"--seed must be >= 0, got {args.seed}")
     hw = _image_size(args.image_size)
-    entries = S.heldout_suite(args.worlds)
+    entries = S.heldout_suite(args.worlds, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()])
     wanted = None if args.trajectories == "all" else [t.strip() for t in args.trajectories.split(",") if t.strip()]
     entries = S.select(entries, wanted)
     if not entries:

@@ -11,7 +11,7 @@ config against it (each hashed seed lands in the range with probability 2**-15, 
 checked, not assumed).
 
 The suite. :func:`heldout_suite` is a fixed list, seeded by :data:`SUITE_SEED`, of 8 worlds
-(indoor and outdoor alternating) x 3 camera paths that all come back (so closed-loop PSNR
+(indoor and outdoor alternating, or indoor only) x 3 camera paths that all come back (so closed-loop PSNR
 applies): ``out_and_back`` (a dolly or truck move out and back, ``loop=True``), ``orbit`` (a full
 360-degree orbit about a point ahead, ending at the start) and ``pan`` (a pan out and back):
 24 trajectories. Poses come from :func:`mirage_jax.data.worlds.random_trajectory` (collision
@@ -122,15 +122,20 @@ class SuiteEntry:
         return kw
 
 
-def heldout_suite(num_worlds: int = NUM_WORLDS) -> tuple[SuiteEntry, ...]:
+def heldout_suite(num_worlds: int = NUM_WORLDS, kinds=("indoor", "outdoor")) -> tuple[SuiteEntry, ...]:
     """The fixed suite (module docstring): ``num_worlds`` x 3 entries, world-major. The first n
-    worlds of a larger suite are the same as a suite of n worlds."""
+    worlds of a larger suite are the same as a suite of n worlds. World w is of scene kind
+    ``kinds[w % len(kinds)]`` (``kinds=("indoor",)`` for a model trained on rooms only); its
+    seed, field of view and camera moves do not depend on ``kinds``."""
     if isinstance(num_worlds, bool) or not isinstance(num_worlds, (int, np.integer)) or not 1 <= num_worlds <= NUM_WORLDS:
         raise InputError(f"num_worlds must be an int in [1, {NUM_WORLDS}], got {num_worlds!r}")
+    kinds = tuple(kinds)
+    if not kinds or any(k not in ("indoor", "outdoor") for k in kinds):
+        raise InputError(f"kinds must be a non-empty sequence of 'indoor' / 'outdoor', got {kinds!r}")
     entries = []
     for w in range(int(num_worlds)):
         rng = np.random.default_rng([SUITE_SEED, w])
-        kind = ("indoor", "outdoor")[w % 2]
+        kind = kinds[w % len(kinds)]
         seed = held_out_seed(w)
         fov = round(float(rng.uniform(50.0, 70.0)), 1)
         moves = dict(

@@ -32,8 +32,11 @@ def test_suite_is_fixed_seeded_and_held_out():
         for split, n in cfg.split_sizes.items():
             seeds = [derive_seed("synthetic_worlds", cfg.name, split, i) for i in range(n)]
             assert not any(S.is_held_out(s) for s in seeds), (cfg.name, split)
+    rooms = S.heldout_suite(kinds=("indoor",))
+    assert [e.scene_kind for e in rooms] == ["indoor"] * 24 and rooms[:3] == a[:3]
+    assert [(e.scene_seed, e.preset, e.path_seed) for e in rooms] == [(e.scene_seed, e.preset, e.path_seed) for e in a]
     # every trajectory exists (collision free), is deterministic and comes back
-    for e in a:
+    for e in a + rooms[3::6] + rooms[4::6] + rooms[5::6]:
         scene = sample_scene(e.scene_seed, e.scene_kind)
         p = random_trajectory(scene, e.path_seed, 33, kind=e.preset, **e.preset_kwargs())
         q = random_trajectory(scene, e.path_seed, 33, kind=e.preset, **e.preset_kwargs())
@@ -135,6 +138,7 @@ def test_cli_random_tiny_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, match", [
     (["--worlds", "9"], "num_worlds"),
+    (["--kinds", "cave"], "kinds"),
     (["--trajectories", "zigzag"], "unknown trajectories"),
     (["--image-size", "30x32"], "multiples of 16"),
     (["--checkpoint", "nowhere/ckpt"], "random:tiny"),
