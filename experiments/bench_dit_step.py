@@ -2,6 +2,8 @@
 
     python experiments/bench_dit_step.py --json experiments/results/bench_dit_step_cpu.json
     python experiments/bench_dit_step.py --remat full --scan      # the scanned / rematerialised paths
+    # on a shared machine, keep torch's OpenMP threads from spinning against other jobs:
+    OMP_WAIT_POLICY=PASSIVE python experiments/bench_dit_step.py ...
 
 Default config: spec section 12's CPU sizing model (width 256 = 2 heads x 128, 6 layers, FFN 1024,
 48 latent channels, 13 x 16 x 16 latents at patch (1, 2, 2) = 832 tokens, batch 1, float32,
