@@ -155,7 +155,7 @@ def prepare(args) -> dict:
     if geo is not None and geo.image_hw != (H, W):
         _fail(f"--geometry {args.geometry}: frames are {W}x{H} but depths are {geo.image_hw[1]}x{geo.image_hw[0]}")
     if K is None:
-        K = intrinsics_from_fov((H, W), args.fov)
+        K = intrinsics_from_fov((H, W), args.fov)  # replaced below by a camera file's own intrinsics
     start = geo.poses_c2w[0] if geo is not None else np.eye(4, dtype=np.float32)
 
     # camera path
@@ -164,8 +164,10 @@ def prepare(args) -> dict:
             _fail("--image needs --trajectory (a preset or a camera file)")
         poses, source = geo.poses_c2w, f"{args.geometry} poses"
     elif Path(args.trajectory).exists():
-        poses, _ = _camera_file(Path(args.trajectory), (H, W))
+        poses, file_K = _camera_file(Path(args.trajectory), (H, W))
         source = args.trajectory
+        if geo is None and file_K is not None:  # the camera file's intrinsics win over --fov
+            K = file_K[0]
     elif args.trajectory in PRESETS:
         poses = g.preset(args.trajectory, chunks=args.chunks, start=start, loop=args.loop)
         source = f"preset {args.trajectory}" + (" (loop)" if args.loop else "")

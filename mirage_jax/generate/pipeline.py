@@ -2,7 +2,8 @@
 
 A checkpoint directory (``--checkpoint DIR``) holds::
 
-    DIR/orbax/              the whole Mirage model (mirage_jax.convert.save_mirage_reference), or
+    DIR/orbax/              the whole Mirage model (mirage_jax.convert.save_mirage_reference; the
+                            control / lora files it writes beside it are then not read), or
     DIR/transformer/ | DIR/dit.safetensors   the backbone (diffusers directory / original Wan file)
       + DIR/control.safetensors (optional)   the reference's control branch (VACE) file
       + DIR/lora.safetensors (optional)      the reference's LoRA file (fused, its inference)
@@ -26,6 +27,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -39,12 +41,14 @@ TINY_TEXT_LEN = 16
 
 @dataclasses.dataclass
 class Pipeline:
-    """model: MirageModel; vae: WanVAE; encode_text: ``texts -> [B, L, text_dim]``; name: a label."""
+    """model: MirageModel; vae: WanVAE; encode_text: ``texts -> [B, L, text_dim]``; name: a label;
+    text_encoder: the UMT5Encoder behind ``encode_text``."""
 
     model: object
     vae: object
     encode_text: Callable
     name: str
+    text_encoder: object = None
 
 
 def tiny_pipeline(seed: int = 0) -> Pipeline:
@@ -56,15 +60,18 @@ def tiny_pipeline(seed: int = 0) -> Pipeline:
 
     tcfg = UMT5Config.tiny()
     dit = dataclasses.replace(WanDiTConfig.tiny(), text_dim=tcfg.d_model)
-    rngs = nnx.Rngs(seed)
-    model = MirageModel(MirageConfig.tiny(dit=dit), rngs=rngs)
+    # Built inside one jit each with "rbg" keys: eager threefry initialisation compiles one
+    # program per parameter shape, and one jitted threefry initialiser is a large program (the
+    # tiny VAE: ~60 s of compilation on a busy 2-core CPU, against ~5 s with rbg keys).
+    rngs = lambda k: nnx.Rngs(jax.random.key(seed * 3 + k, impl="rbg"))  # noqa: E731
+    model = nnx.jit(lambda: MirageModel(MirageConfig.tiny(dit=dit), rngs=rngs(0)))()
     # after_proj is zero-initialised (training starts from the plain backbone); a random
     # pipeline gives it small weights so the memory readout reaches the output.
     rng = np.random.default_rng(seed)
     for _, var in nnx.to_flat_state(nnx.state(model.control.after_proj, nnx.Param)):
         var.set_value(0.02 * rng.standard_normal(var.get_value().shape).astype(np.float32))
-    vae = WanVAE(WanVAEConfig.tiny(z_dim=dit.in_channels), rngs=rngs)
-    encoder = UMT5Encoder(tcfg, rngs=rngs)
+    vae = nnx.jit(lambda: WanVAE(WanVAEConfig.tiny(z_dim=dit.in_channels), rngs=rngs(1)))()
+    encoder = nnx.jit(lambda: UMT5Encoder(tcfg, rngs=rngs(2)))()
 
     def encode_text(texts):
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -76,7 +83,7 @@ def tiny_pipeline(seed: int = 0) -> Pipeline:
             mask[b, : len(raw)] = 1
         return encoder(jnp.asarray(ids), jnp.asarray(mask))
 
-    return Pipeline(model, vae, encode_text, f"random:tiny (seed {seed})")
+    return Pipeline(model, vae, encode_text, f"random:tiny (seed {seed})", encoder)
 
 
 def _first(d: Path, names) -> Path | None:
@@ -104,8 +111,8 @@ def check_checkpoint(spec: str) -> dict:
         raise ConfigError(
             f"--checkpoint {d}: no {', '.join(missing)} (expected orbax/ or transformer/ or dit.safetensors; "
             "vae/ or vae.pth; text_encoder/ and tokenizer/)")
-    if files["model"].name == "orbax" and (files["control"] or files["lora"]):
-        raise ConfigError(f"--checkpoint {d}: orbax/ is a whole model; remove control/lora.safetensors or orbax/")
+    if files["model"].name == "orbax":  # the whole model; the reference-format files beside it are copies
+        files["control"] = files["lora"] = None
     return files
 
 
@@ -130,4 +137,4 @@ def load_pipeline(spec: str, seed: int = 0, *, runtime=None, text_len: int = 512
         texts = (texts,) if isinstance(texts, str) else tuple(texts)
         return encode_prompts(texts, tokenizer, encoder, text_len)
 
-    return Pipeline(model, vae, encode_text, str(Path(spec).resolve()))
+    return Pipeline(model, vae, encode_text, str(Path(spec).resolve()), encoder)

@@ -49,7 +49,7 @@ def _transcription(model, d, num_steps):
     fwd = jax.jit(lambda s, x, t, c, txt: nnx.merge(graphdef, s)(x, t, txt, c, num_reference=2))
     ref, pre = np.asarray(d["ref"]), np.asarray(d["pre"])
     first = torch.from_numpy(np.array(d["first"]))
-    x = torch.from_numpy(np.asarray(d["noise"])).clone()
+    x = torch.from_numpy(np.array(d["noise"]))
     x[:, 0] = first
     for t in sch.timesteps:
         ts = np.array([0, 0] + [0] + [int(t)] * (T - 1) + [0, 0], np.int32)

@@ -49,8 +49,10 @@ def test_deterministic_and_compiled_once(run):
     np.testing.assert_array_equal(a.video, b.video)
     np.testing.assert_array_equal(a.latents, b.latents)
     assert [c["reference_latents"] for c in a.chunks] == [c["reference_latents"] for c in b.chunks]
-    assert run["traces"] == {"rollout_chunk": 1, "rollout_write": 1, "rollout_init": 1}
-    assert run["traces_again"] == run["traces"]  # a second rollout reuses the programs
+    # at most one trace of each program for 3 chunks (none if an earlier test compiled them),
+    # and none for a second rollout
+    assert all(v <= 1 for v in run["traces"].values()), run["traces"]
+    assert run["traces_again"] == run["traces"]
 
 
 def test_chunk_plan_and_memory_written_at_the_latent_poses(run):
