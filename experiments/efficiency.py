@@ -39,6 +39,11 @@ Times are medians of ``--repeats`` calls after a warm-up call (compile), each wa
 (``experiments/common.py: time_calls``); the machine's load average is recorded.
 
     .venv/bin/python experiments/efficiency.py      # writes experiments/results/efficiency_cpu.json + .png
+    # the two parts side by side (what produced the committed CPU result; the VAE part took 17 min):
+    .venv/bin/python experiments/efficiency.py --vae-only      # -> experiments/results/efficiency_vae_cpu.json
+    .venv/bin/python experiments/efficiency.py --rgb-repeats 1 --repeats 7 \
+        --vae-from experiments/results/efficiency_vae_cpu.json --vae-wait 3000
+    .venv/bin/python experiments/efficiency.py --replot experiments/results/efficiency_cpu.json   # PNG only
 """
 
 from __future__ import annotations
@@ -189,7 +194,7 @@ def vae_encode_cost(args) -> dict:
         compiled = enc.lower(state, video).compile()
         compile_s = time.perf_counter() - t0
         t = time_calls(lambda: compiled(state, video), repeats=args.vae_repeats, warmup=0)
-        measured[str(n)] = {k: t[k] for k in ("median_s", "min_s", "times_s", "reps")} | {"compile_s": compile_s}
+        measured[str(n)] = {k: t[k] for k in ("median_s", "min_s", "times_s", "cpu_s", "reps")} | {"compile_s": compile_s}
         print(f"  VAE encode {n} x {args.image_hw[0]} x {args.image_hw[1]}: {t['median_s']:.2f} s "
               f"(compile {compile_s:.1f} s)", flush=True)
     del state, vae
