@@ -51,8 +51,7 @@ class Pipeline:
     text_encoder: object = None
 
 
-def tiny_pipeline(seed: int = 0) -> Pipeline:
-    """Random tiny models (see the module docstring)."""
+def _tiny_models(seed: int):
     from mirage_jax.models.mirage import MirageConfig, MirageModel
     from mirage_jax.models.umt5 import UMT5Config, UMT5Encoder
     from mirage_jax.models.wan.dit import WanDiTConfig
@@ -60,18 +59,26 @@ def tiny_pipeline(seed: int = 0) -> Pipeline:
 
     tcfg = UMT5Config.tiny()
     dit = dataclasses.replace(WanDiTConfig.tiny(), text_dim=tcfg.d_model)
-    # Built inside one jit each with "rbg" keys: eager threefry initialisation compiles one
-    # program per parameter shape, and one jitted threefry initialiser is a large program (the
-    # tiny VAE: ~60 s of compilation on a busy 2-core CPU, against ~5 s with rbg keys).
     rngs = lambda k: nnx.Rngs(jax.random.key(seed * 3 + k, impl="rbg"))  # noqa: E731
-    model = nnx.jit(lambda: MirageModel(MirageConfig.tiny(dit=dit), rngs=rngs(0)))()
+    return (MirageModel(MirageConfig.tiny(dit=dit), rngs=rngs(0)),
+            WanVAE(WanVAEConfig.tiny(z_dim=dit.in_channels), rngs=rngs(1)), UMT5Encoder(tcfg, rngs=rngs(2)))
+
+
+# Built inside one jit (compiled once per seed) with "rbg" keys: eager threefry initialisation
+# compiles one program per parameter shape, and a jitted threefry initialiser is a large program
+# (the tiny VAE alone: ~60 s of compilation on a busy 2-core CPU, against ~5 s with rbg keys).
+_tiny_models_jit = nnx.jit(_tiny_models, static_argnums=0)
+
+
+def tiny_pipeline(seed: int = 0) -> Pipeline:
+    """Random tiny models (see the module docstring); new modules on every call."""
+    model, vae, encoder = _tiny_models_jit(int(seed))
+    tcfg = encoder.config
     # after_proj is zero-initialised (training starts from the plain backbone); a random
     # pipeline gives it small weights so the memory readout reaches the output.
     rng = np.random.default_rng(seed)
     for _, var in nnx.to_flat_state(nnx.state(model.control.after_proj, nnx.Param)):
         var.set_value(0.02 * rng.standard_normal(var.get_value().shape).astype(np.float32))
-    vae = nnx.jit(lambda: WanVAE(WanVAEConfig.tiny(z_dim=dit.in_channels), rngs=rngs(1)))()
-    encoder = nnx.jit(lambda: UMT5Encoder(tcfg, rngs=rngs(2)))()
 
     def encode_text(texts):
         texts = [texts] if isinstance(texts, str) else list(texts)

@@ -58,6 +58,7 @@ from mirage_jax import memory
 from mirage_jax.diffusion import FlowUniPC
 from mirage_jax.errors import ConfigError, InputError, check_hw
 from mirage_jax.generate.denoise import TRACE_COUNTS, denoise_chunk_pure
+from mirage_jax.geometry.cameras import check_intrinsics, check_pose
 from mirage_jax.geometry.trajectories import CHUNK_FRAMES, NEW_FRAMES_PER_CHUNK, num_frames_for_chunks
 from mirage_jax.models.mirage import score_latent
 
@@ -408,7 +409,10 @@ class Rollout:
         text = jnp.asarray(text)
         if text.ndim != 3 or text.shape[0] != 1 or text.shape[2] != model.config.dit.text_dim:
             raise InputError(f"text must be [1, L, {model.config.dit.text_dim}], got shape {tuple(text.shape)}")
-        self.K, self.cam2world, self.text = K, P[:need], text
+        # values checked here: inside the programs the memory cannot check traced cameras
+        K = check_intrinsics(K, "intrinsics")
+        P = check_pose(P[:need], "cam2world")
+        self.K, self.cam2world, self.text = K, P, text
         self.latent_poses = jnp.asarray(P[:need:4])  # [1 + 8 N, 4, 4]: latent g at pixel frame 4 g
         self.depth, self.mask = depth, mask
         self.graphdef, self.model_state = nnx.split(model)

@@ -10,6 +10,7 @@ from mirage_jax import geometry, memory
 from mirage_jax.cli import main as mirage_main
 from mirage_jax.data.worlds import make_clip
 from mirage_jax.generate import cli
+from mirage_jax.generate.denoise import TRACE_COUNTS
 
 HW = (32, 64)
 
@@ -29,10 +30,12 @@ def test_generate_end_to_end(geo_path, tmp_path, capsys):
 
     path, clip = geo_path
     out = tmp_path / "out"
+    before = {k: TRACE_COUNTS[k] for k in ("rollout_chunk", "rollout_write")}
     rc = mirage_main(["generate", "--geometry", str(path), "--chunks", "3", "--prompt", "a room",
                       "--checkpoint", "random:tiny", "--out", str(out), "--steps", "2", "--sampler", "euler",
                       "--worldscore", "--masks", "--quiet"])
     assert rc == 0
+    assert all(TRACE_COUNTS[k] - v <= 1 for k, v in before.items())  # 3 chunks, one program each
     n = 97
     video = read_video(out / "video.mp4")
     assert video.shape == (n, *HW, 3)
