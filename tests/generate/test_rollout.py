@@ -12,7 +12,7 @@ from mirage_jax.errors import InputError
 from mirage_jax.generate.denoise import TRACE_COUNTS
 from mirage_jax.generate.pipeline import tiny_pipeline
 from mirage_jax.generate.providers import GeometryDepth, GeometryMask
-from mirage_jax.generate.rollout import Rollout, RolloutConfig, chunk_plan, rollout
+from mirage_jax.generate.rollout import Rollout, RolloutConfig, chunk_plan, rollout, set_step_hook
 
 HW = (32, 64)
 CHUNKS = 3
@@ -32,16 +32,21 @@ def run():
     before = dict(TRACE_COUNTS)
     r = Rollout(*args, **kw)
     r.init(clip["frames"][0], clip["depth"][0], clip["dynamic_mask"][0])
-    r.chunk()
-    r.chunk()
-    snap = jax.tree.map(np.asarray, r.state._replace(key=None))  # before chunk 3 (the write donates the state)
-    r.chunk()
+    steps = []
+    set_step_hook(steps.append)  # the progress bar's hook: once per sampler step
+    try:
+        r.chunk()
+        r.chunk()
+        snap = jax.tree.map(np.asarray, r.state._replace(key=None))  # before chunk 3 (the write donates the state)
+        r.chunk()
+    finally:
+        set_step_hook(None)
     a = r.result()
     traces = {k: TRACE_COUNTS[k] - before.get(k, 0) for k in ("rollout_chunk", "rollout_write", "rollout_init")}
     b = rollout(pipe.model, pipe.vae, clip["frames"][0], clip["intrinsics"][0], clip["cam2world"], text,
                 first_depth=clip["depth"][0], first_exclude=clip["dynamic_mask"][0], **kw)
     traces_again = {k: TRACE_COUNTS[k] - before.get(k, 0) for k in traces}
-    return dict(clip=clip, a=a, b=b, snap=snap, traces=traces, traces_again=traces_again)
+    return dict(clip=clip, a=a, b=b, snap=snap, traces=traces, traces_again=traces_again, steps=steps)
 
 
 def test_deterministic_and_compiled_once(run):
@@ -53,6 +58,7 @@ def test_deterministic_and_compiled_once(run):
     # and none for a second rollout
     assert all(v <= 1 for v in run["traces"].values()), run["traces"]
     assert run["traces_again"] == run["traces"]
+    assert sorted(run["steps"]) == [0, 0, 0, 1, 1, 1]  # 3 chunks x 2 sampler steps reported
 
 
 def test_chunk_plan_and_memory_written_at_the_latent_poses(run):
