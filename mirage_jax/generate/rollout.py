@@ -523,6 +523,12 @@ def chunk_memory_analysis(model_config, vae_config, *, runtime=None, vae_runtime
     Returns a dict of bytes: arguments, outputs, temporaries, generated code, aliased, and
     ``peak`` = arguments + outputs + temporaries - aliased (the analysis' live-buffer total),
     plus the parameter bytes of the model and the VAE.
+
+    Measured on CPU for the 5B model + its 15-block branch at 1280 x 704 (scanned layers, chunked
+    attention, tiled decode, 5 chunks; experiments/bench_rollout.py --peak-5b): bf16 51.3 GiB
+    (arguments 15.3, temporaries 35.6, of which ~28 are the CPU backend's f32 copies of the bf16
+    weights), f32 38.2 GiB (arguments 30.5, temporaries 7.3); the "xla" attention (scores
+    materialised) needs 95.2 GiB in bf16.
     """
     from mirage_jax.models.mirage import MirageModel
     from mirage_jax.models.wan.vae import WanVAE
