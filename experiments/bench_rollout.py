@@ -6,8 +6,11 @@ later chunks: 32 new frames, the programs reused) split into denoise + decode, d
 write, and the memory's size (MiB held by its valid entries, and allocated). The paper's Mirage:
 0.79, 0.25, 0.25, 0.25, 0.25 s per frame and 0.46, 0.90, 1.36, 1.80, 2.25 MiB (5B on a GPU).
 
-``--peak-5b`` adds the compiled 5B chunk program's memory analysis at 1280 x 704 (bf16, scanned
-layers, tiled decode; abstract inputs, nothing allocated): ``chunk_memory_analysis``.
+``--peak-5b`` adds the compiled 5B chunk program's memory analysis at 1280 x 704 (scanned layers,
+chunked attention, tiled decode; abstract inputs, nothing allocated): ``chunk_memory_analysis``,
+in bf16 and in f32. On the CPU backend the bf16 program's temporaries include f32 copies of the
+bf16 weights (its dots run in f32: ~28 GiB for the 5B model + branch), which a GPU does not make;
+the f32 program has no such copies.
 
 Writes JSON (and a PNG plot when matplotlib is installed) to experiments/results/.
 
@@ -66,17 +69,17 @@ def bench_tiny(chunks: int, image_hw, steps: int) -> dict:
     return dict(image_hw=list(image_hw), chunks=chunks, steps=steps, render_clip_s=render_s, per_chunk=rows)
 
 
-def peak_5b(attention: str = "chunked") -> dict:
+def peak_5b(attention: str = "chunked", dtype: str = "bfloat16") -> dict:
     from mirage_jax.models.mirage import MirageConfig
     from mirage_jax.models.wan.layers import WanRuntime
     from mirage_jax.models.wan.vae import WanVAEConfig
 
-    rt = WanRuntime(param_dtype="bfloat16", dtype="bfloat16", scan_layers=True, attention=attention)
+    rt = WanRuntime(param_dtype=dtype, dtype=dtype, scan_layers=True, attention=attention)
     t0 = time.perf_counter()
     out = chunk_memory_analysis(MirageConfig(), WanVAEConfig.wan22(), runtime=rt, vae_runtime=rt, image_hw=(704, 1280),
                                 config=RolloutConfig(num_chunks=5, image_hw=(704, 1280), tiled_decode=True))
     out = {k: v / 2**30 for k, v in out.items()}
-    return dict(unit="GiB", attention=attention, compile_s=time.perf_counter() - t0, **out)
+    return dict(unit="GiB", attention=attention, dtype=dtype, compile_s=time.perf_counter() - t0, **out)
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--peak-5b", action="store_true")
     ap.add_argument("--attention", default="chunked", help="5B attention kernel (xla materialises the scores)")
+    ap.add_argument("--peak-dtypes", default="bfloat16,float32",
+                    help="5B parameter / compute dtypes to analyse (the CPU backend upcasts bf16 weights to f32)")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_rollout"))
     args = ap.parse_args()
     hw = tuple(int(v) for v in args.image_hw.split(","))
@@ -117,8 +122,9 @@ def main() -> None:
         print(f"chunk {r['chunk']}: {r['seconds_per_frame']:.4f} s/frame, memory {r['memory_mib']:.4f} MiB "
               f"({r['memory_points']} points), references {r['references']}")
     if args.peak_5b:
-        result["peak_5b"] = peak_5b(args.attention)
-        print("5B chunk program:", json.dumps(result["peak_5b"], indent=1))
+        result["peak_5b"] = [peak_5b(args.attention, d) for d in args.peak_dtypes.split(",")]
+        for r in result["peak_5b"]:
+            print("5B chunk program:", json.dumps(r))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
