@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tests: parallel workers (each simulates 8 CPU devices; see tests/conftest.py).
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench train-small middlebury
 
 venv: $(STAMP)
 
@@ -18,9 +18,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,vipe]"
 	touch $(STAMP)
 
-# Until generation replaces it: the Middlebury geometry check of the memory (an experiment).
+# The bundled small Mirage (weights/small) generates a held-out world with and without memory.
 demo: $(STAMP)
-	$(PY) experiments/middlebury_check.py --out outputs/demo
+	$(PY) -m mirage_jax.demo --weights weights/small --out outputs/demo
+
+# Trains the whole small model (weights/small) from nothing on CPU; rerun to resume.
+train-small: $(STAMP)
+	$(PY) experiments/train_small.py --workdir runs/small --out weights/small
+
+# The Middlebury geometry check of the memory (real data; an experiment).
+middlebury: $(STAMP)
+	$(PY) experiments/middlebury_check.py --out outputs/middlebury
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 tests
@@ -29,4 +37,4 @@ bench: $(STAMP)
 	$(PY) experiments/bench_memory.py --out experiments/results/bench_memory_cpu.json
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs runs .pytest_cache
