@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	# torch is pinned to the CPU wheel (test extra); install it first so nothing pulls CUDA wheels.
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,vipe]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,vipe,text]"
 	touch $(STAMP)
 
 # The bundled small Mirage (weights/small) generates a held-out world with and without memory.

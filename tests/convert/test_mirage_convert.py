@@ -93,6 +93,7 @@ def test_control_file_prefixes_and_nestings(ref, tmp_path):
             np.testing.assert_array_equal(np.asarray(got[k]), v)
 
 
+@pytest.mark.parity  # needs torch to write the .pth files it reads
 def test_control_torch_nested(ref, tmp_path):
     torch = pytest.importorskip("torch")
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in ref["control"].items()}

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,11 +12,13 @@ from mirage_jax.memory import projection as proj
 
 
 def _torch_resize(x, size, mode):
+    torch = pytest.importorskip("torch")
     t = torch.from_numpy(np.ascontiguousarray(x))[None, None]
     kw = {"align_corners": False, "antialias": False} if mode == "bilinear" else {}
     return torch.nn.functional.interpolate(t, size=size, mode=mode, **kw)[0, 0].numpy()
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(
     "src,dst",
     [
@@ -50,6 +51,7 @@ def test_bilinear_resize_is_bit_exact_with_torch(src, dst):
         np.testing.assert_allclose(ours, lib.np_bilinear(depth, *dst), rtol=1e-6)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize(
     "src,dst", [((704, 1280), (44, 80)), ((8, 12), (4, 6)), ((9, 15), (3, 5)), ((10, 7), (4, 3)), ((5, 5), (5, 5))]
 )
@@ -141,7 +143,9 @@ def test_zbuffer_matches_loop_with_many_ties(seed):
     np.testing.assert_array_equal(np.asarray(zb.winner), np.asarray(zb2.winner))
 
 
+@pytest.mark.parity
 def test_rounding_is_half_to_even_like_torch():
+    torch = pytest.importorskip("torch")
     # Points placed so that u = 0.5, 1.5, 2.5 exactly (grid K = identity-like, z = 1).
     K = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]], np.float32)
     pts = np.array([[0.5, 0.0, 1.0], [1.5, 0.0, 1.0], [2.5, 0.0, 1.0]], np.float32)
@@ -151,7 +155,9 @@ def test_rounding_is_half_to_even_like_torch():
     assert np.asarray(inside).all()
 
 
+@pytest.mark.parity
 def test_round_half_even_equals_jnp_round_and_torch():
+    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     x = np.concatenate(
         [
