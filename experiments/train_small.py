@@ -133,9 +133,11 @@ class Run:
         self.report_path = workdir / "report.json"
         self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {"parts": {}}
         self._clips = None
+        self.part_scale: dict[str, float] = {}
 
-    def steps(self, n: int) -> int:
-        return max(1, int(round(n * float(self.c.steps_scale))))
+    def steps(self, n: int, part: str) -> int:
+        scale = float(self.part_scale.get(part, self.c.steps_scale))
+        return max(1, int(round(n * scale)))
 
     def done(self, part: str) -> bool:
         return bool(self.report["parts"].get(part, {}).get("done"))
@@ -189,7 +191,7 @@ class Run:
             return jnp.mean(jnp.abs(y - x)) + v.kl_weight * kl
 
         log: list = []
-        steps = self.steps(v.steps)
+        steps = self.steps(v.steps, "vae")
         train_loop("vae", vae, optax.adamw(v.learning_rate, weight_decay=0.0), loss_fn, batch_fn, steps,
                    LoopCheckpoint(self.workdir / "vae", v.checkpoint_every), log)
         # latent statistics -> the config's latents_mean / latents_std (what normalize() uses)
@@ -315,7 +317,7 @@ class Run:
             return jnp.asarray(img), jnp.asarray(dep)
 
         log: list = []
-        steps = self.steps(p.steps)
+        steps = self.steps(p.steps, "depth")
         train_loop("depth", net, optax.adamw(p.learning_rate, weight_decay=0.0),
                    lambda m, b, k: depth_loss(m, *b), batch_fn, steps,
                    LoopCheckpoint(self.workdir / "depth", p.checkpoint_every), log)
@@ -356,11 +358,15 @@ def write_model_card(out: Path, report: dict, cfg: dict, c) -> None:
         "    make train-small      # = python experiments/train_small.py --workdir runs/small --out weights/small",
         "",
     ]
-    if scale != 1.0:
+    part_scale = report["settings"].get("part_scale") or {}
+    clips = "" if c.data.num_clips == full.data.num_clips else f" `--clips {c.data.num_clips}`"
+    if scale != 1.0 or clips or any(v != 1.0 for v in part_scale.values()):
         lines += [
-            f"**These weights are a REDUCED-BUDGET run: `--scale {scale}`** (every part ran {scale:g} x the steps of the",
-            "full budget below, to fit the session that produced them, on a CPU shared with other jobs). The command",
-            "above (scale 1.0) is the full budget; rerunning it with the same `--workdir` continues these runs.",
+            f"**These weights are a REDUCED-BUDGET run** (`--scale {scale:g}`{clips}"
+            + "".join(f" `--part-scale {k}={v:g}`" for k, v in part_scale.items())
+            + f"; the full budget trains on {full.data.num_clips} worlds): each part ran the fraction of the full budget's steps shown in the table below, to fit the",
+            "session that produced them on a CPU shared with other jobs. The command above (scale 1.0) is the full",
+            "budget; rerunning it with the same `--workdir` continues these runs to the full step counts.",
             "",
         ]
     lines += [
@@ -410,6 +416,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="weights/small", help="the bundle directory")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (1.0 = full budget)")
     ap.add_argument("--clips", type=int, default=None, help="override data.num_clips (default: configs/small.py)")
+    ap.add_argument("--part-scale", action="append", default=[], metavar="PART=SCALE",
+                    help="a step scale for one part (vae, backbone, stage1, stage2, depth) instead of --scale")
     args = ap.parse_args(argv)
     c = small_cfg.get_config()
     c.steps_scale = args.scale
@@ -417,21 +425,26 @@ def main(argv=None) -> int:
         c.data.num_clips = args.clips
     workdir, out = Path(args.workdir), Path(args.out)
     run = Run(c, workdir, out)
+    for item in args.part_scale:
+        part, _, value = item.partition("=")
+        if part not in ("vae", "backbone", "stage1", "stage2", "depth"):
+            raise SystemExit(f"--part-scale {item!r}: unknown part {part!r}")
+        run.part_scale[part] = float(value)
     stored = run.report.get("settings", {}).get("num_clips")
     if stored is not None and stored != c.data.num_clips:
         raise SystemExit(f"{workdir} was started with {stored} clips; rerun with the same --clips or another --workdir")
     # the step scale may change between invocations (each part records the steps it ran)
-    run.report["settings"] = {"scale": args.scale, "num_clips": c.data.num_clips}
+    run.report["settings"] = {"scale": args.scale, "num_clips": c.data.num_clips, "part_scale": run.part_scale}
     held_out_seeds(c)
     t_start = time.perf_counter()
     vae = run.vae()
     text_model, text = run.text_encoder()
     data, consts = run.latents(vae, text)
     d = c.dit
-    run.dit_part("backbone", 1, run.steps(d.backbone_steps), d.backbone_lr, data, consts)
-    run.dit_part("stage1", 1, run.steps(d.stage1_steps), d.stage1_lr, data, consts,
+    run.dit_part("backbone", 1, run.steps(d.backbone_steps, "backbone"), d.backbone_lr, data, consts)
+    run.dit_part("stage1", 1, run.steps(d.stage1_steps, "stage1"), d.stage1_lr, data, consts,
                  init_backbone=str((workdir / "backbone_dit").absolute()))
-    trainer = run.dit_part("stage2", 2, run.steps(d.stage2_steps), d.stage2_lr, data, consts,
+    trainer = run.dit_part("stage2", 2, run.steps(d.stage2_steps, "stage2"), d.stage2_lr, data, consts,
                            init_from=str((workdir / "stage1").absolute()))
     depth = run.depth()
     run.report["seconds_this_invocation"] = time.perf_counter() - t_start
