@@ -55,9 +55,7 @@ def save(mem: LatentMemory, path) -> Path:
 
     A single memory only (for a batch of memories save each one).
     """
-    check_memory(mem)
-    if np.ndim(mem.cursor) != 0:
-        raise LatentMemoryError("save: expected a single memory, got a batch (save each memory separately)")
+    check_memory(mem)  # also refuses a stacked batch of memories
     path = Path(path)
     fmt = _format(path)
     feat_dtype = str(jnp.dtype(mem.features.dtype))
