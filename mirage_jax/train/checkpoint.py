@@ -8,7 +8,7 @@ Every checkpoint (step ``n`` = optimizer updates done) holds four items:
   variables only) and the run's base PRNG key (``rng``);
 * ``data``: the grain iterator state, one JSON file per process (grain's orbax handler,
   ``grain.checkpoint.CheckpointSave``), snapshotted when the save is requested;
-* ``meta``: JSON with the stage, the step and the run's config (``config.to_dict()``).
+* ``meta``: JSON with the stage, the step and the run's config (``config.to_json_best_effort()``, parsed).
 
 Saves are asynchronous (the arrays are copied off device, then written in a background thread
 while training continues), every ``save_every`` steps, keeping the last ``keep``; a run restarted

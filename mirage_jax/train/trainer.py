@@ -41,6 +41,7 @@ Multi-host: with ``distributed.initialize = True`` the trainer calls
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -368,14 +369,17 @@ class Trainer:
 
             self._pbar = tqdm(total=total, initial=self.step, desc=f"stage {self.run_config.stage}", dynamic_ncols=True)
         self._window_start = time.perf_counter()
-        while self.step < total:
+        # The step is counted on the host: reading ``self.step`` (a device scalar) every iteration
+        # would wait for each step to finish before dispatching the next.
+        step = self.step
+        while step < total:
             batch = next(self.iterator)
             metrics = self.step_fn(self.state, batch, self.score, self.empty_text)
-            step = self.step
+            step += 1
             self._window.append(metrics)
             if self._pbar is not None:
                 self._pbar.update(1)
-            self.checkpointer.save(step, self.state, self.iterator, self._meta())
+            self.checkpointer.save(step, self.state, self.iterator, self._meta)
             for hook in self.hooks:
                 if step % hook.every == 0:
                     out = hook.fn(self, step, metrics)
@@ -384,7 +388,7 @@ class Trainer:
         if self._window:
             last = Trainer._log_hook(self, self.step, None)
         if self.checkpointer.latest_step() != self.step:
-            self.checkpointer.save(self.step, self.state, self.iterator, self._meta(), force=True)
+            self.checkpointer.save(self.step, self.state, self.iterator, self._meta, force=True)
         self.checkpointer.wait()
         if self._pbar is not None:
             self._pbar.close()
@@ -398,7 +402,9 @@ class Trainer:
         if close is not None:
             close()
 
+    @functools.cached_property
     def _meta(self) -> dict:
+        """The checkpoint meta (stage, config as JSON), serialised once, not at every step."""
         return {"stage": self.run_config.stage, "config": json.loads(self.config.to_json_best_effort())}
 
     # -- hooks ---------------------------------------------------------------------------------------
