@@ -356,13 +356,14 @@ def _load_orbax(path: Path, config, runtime, mesh, rules) -> tuple[MirageConfig,
     if config is not None and _dit_config(config) != stored.dit:
         raise ConfigError(f"{path}: the checkpoint's backbone config {stored.dit} differs from the given {config!r}")
     abstract = nnx.eval_shape(lambda: MirageModel(stored, runtime))
-    non_params = [k for k in flat_variables(nnx.state(abstract)) if k not in flat_variables(abstract)]
+    state = nnx.state(abstract)
+    every = flat_variables(state)
+    params = flat_variables(abstract)
+    non_params = [k for k in every if k not in params]
     if non_params:
-        shardings = target_shardings(nnx.state(abstract), mesh, rules)
-        fresh = _fresh(stored, runtime, non_params, shardings, 0)
-        for k, v in flat_variables(nnx.state(abstract)).items():
-            if k in fresh:
-                v.set_value(fresh[k])
+        fresh = _fresh(stored, runtime, non_params, target_shardings(state, mesh, rules), 0)
+        for k in non_params:
+            every[k].set_value(fresh[k])
     return stored, ckpt.restore_model(path, abstract, mesh=mesh, rules=rules)
 
 
