@@ -172,7 +172,8 @@ def _text(v) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class HashedTextEncoder:
-    """PLACEHOLDER text encoder until umT5 arrives: NOT a language model.
+    """PLACEHOLDER text encoder: NOT a language model (for real records pass a callable around
+    :func:`mirage_jax.models.umt5.tokenizer.encode_prompts` and a converted umT5).
 
     Lower-cased word / punctuation tokens, each mapped to a fixed unit-variance Gaussian vector
     seeded by SHA-256 of (seed, token); up to ``max_length`` tokens, the padded tail zero.
