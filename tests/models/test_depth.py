@@ -1,6 +1,7 @@
 """The small depth model: shapes, errors, AbsRel against hand-computed values, and a few training
 steps on rendered frames that lower the loss and the AbsRel."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -19,7 +20,7 @@ def test_shapes_positive_and_zero_initialised_head():
     assert d.shape == (3, 16, 8)
     # the head starts at zero: every pixel at exp(log_depth_offset)
     np.testing.assert_allclose(np.asarray(d), np.exp(TINY.log_depth_offset), rtol=1e-6)
-    assert TINY.num_params() == sum(x.size for x in __import__("jax").tree.leaves(nnx.state(net, nnx.Param)))
+    assert TINY.num_params() == sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
 
 
 def test_bad_inputs_and_config():
