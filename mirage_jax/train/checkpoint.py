@@ -31,6 +31,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mirage_jax.checkpoint import _nest, _unnest
+from mirage_jax.convert.place import flat_variables as _flat_vars
 from mirage_jax.errors import FileFormatError
 from mirage_jax.train.step import RngKey
 
@@ -39,29 +41,6 @@ __all__ = ["CheckpointError", "TrainCheckpointer", "restore_model_weights", "sta
 
 class CheckpointError(FileFormatError):
     """A training checkpoint that is missing, malformed or does not fit the run."""
-
-
-def _flat_vars(state: nnx.State) -> dict[str, nnx.Variable]:
-    return {".".join(str(p) for p in path): v for path, v in nnx.to_flat_state(state)}
-
-
-def _nest(flat: dict) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
-def _unnest(tree, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out.update(_unnest(v, key) if isinstance(v, dict) else {key: v})
-    return out
 
 
 def state_tree(state: nnx.State) -> dict:
@@ -191,8 +170,9 @@ def restore_model_weights(model: nnx.Module, directory, trainable, step: int | N
 
     ``trainable`` is the new stage's filter: a variable of ``model`` missing from the checkpoint
     is allowed only when the filter selects it or it is not an ``nnx.Param`` (e.g. LoRA factors
-    and their index in stage 2); a checkpoint path the model lacks, a shape or a dtype
-    mismatch, or any other missing parameter raises :class:`CheckpointError`.
+    and their index in stage 2); a checkpoint path the model lacks, a shape mismatch or any
+    other missing parameter raises :class:`CheckpointError`. Arrays are read in the model's
+    dtypes (orbax casts a stored array of another dtype; no dtype check).
     """
     directory = Path(directory).absolute()
     with ocp.CheckpointManager(directory, item_handlers={"model": ocp.StandardCheckpointHandler()}) as mngr:
@@ -203,7 +183,7 @@ def restore_model_weights(model: nnx.Module, directory, trainable, step: int | N
         stored = _unnest(dict(stored_meta.tree if hasattr(stored_meta, "tree") else stored_meta))
         state = nnx.state(model)
         current = _flat_vars(state)
-        selected = {".".join(str(p) for p in path) for path, _ in nnx.to_flat_state(nnx.state(model, trainable))}
+        selected = set(_flat_vars(model, trainable))
         extra = sorted(set(stored) - set(current))
         if extra:
             raise CheckpointError(f"{directory} step {step}: the model has no variables {extra[:5]} ({len(extra)} in all)")
