@@ -143,8 +143,6 @@ class LatentMemory:
         return int(sum(np.dtype(x.dtype).itemsize * math.prod(x.shape) for x in jax.tree.leaves(self)))
 
 
-
-
 def is_traced(*xs) -> bool:
     """True if any argument is an abstract tracer (values unknown: inside jit / vmap / grad)."""
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
@@ -234,5 +232,3 @@ def check_finite(x, name):
             f"{name}: {int(bad.sum())} non-finite value(s) (first at index {first}, value "
             f"{a[first]}); mark unknown depth with 0 (or exclude=True) before writing"
         )
-
-
