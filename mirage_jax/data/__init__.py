@@ -1,7 +1,8 @@
 """Datasets and input pipelines.
 
-Importing this package registers the TFDS builders ``synthetic_worlds``, ``geometry_npz`` and
-``re10k_clips`` (:mod:`mirage_jax.data.builders`; array_record, no TensorFlow). Everything else
+Importing this package registers the TFDS builders ``synthetic_worlds``, ``geometry_npz``,
+``re10k_clips`` (:mod:`mirage_jax.data.builders`) and ``vipe_clips`` (:mod:`mirage_jax.data.vipe`;
+array_record, no TensorFlow). Everything else
 is imported lazily on first attribute access, so ``import mirage_jax.data`` stays cheap (no
 JAX, no grain):
 
