@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mirage_jax.models.params import param
 from mirage_jax.models.wan.layers import Dense, default_kernel_init, dense
 
 __all__ = [
@@ -98,8 +99,8 @@ class LoRADense(Dense):
         self.merged = False
         # peft / the reference: kaiming_uniform(a=sqrt(5)) on A -> U(-1/sqrt(in), 1/sqrt(in)); B = 0.
         a = default_kernel_init(key, lead + (din, rank), value.dtype)
-        self.lora_a = LoRAParam(a, out_sharding=a_names, eager_sharding=False)
-        self.lora_b = LoRAParam(jnp.zeros(lead + (rank, dout), value.dtype), out_sharding=b_names, eager_sharding=False)
+        self.lora_a = param(a, a_names, kind=LoRAParam)
+        self.lora_b = param(jnp.zeros(lead + (rank, dout), value.dtype), b_names, kind=LoRAParam)
         self.index = LoRAIndex(jnp.asarray(index, jnp.int32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
