@@ -11,6 +11,7 @@ Module-specific errors subclass these (``SafetensorsError(FileFormatError)``,
 
 from __future__ import annotations
 
+import numbers
 import os
 
 __all__ = ["MirageError", "InputError", "FileFormatError", "ConfigError", "file_error", "check_hw"]
@@ -47,8 +48,6 @@ def file_error(path: str | os.PathLike, what: str, *, line: int | None = None, k
 def check_hw(hw, name: str = "image_hw", cls: type[MirageError] = InputError) -> tuple[int, int]:
     """``(height, width)`` of two positive Python / NumPy ints (bools and floats refused, so
     ``(704.5, 1280)`` is not silently truncated) -> ``tuple[int, int]``; else ``cls`` naming ``name``."""
-    import numbers
-
     ok = (
         isinstance(hw, (tuple, list))
         and len(hw) == 2

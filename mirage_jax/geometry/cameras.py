@@ -180,9 +180,8 @@ def look_at(eye, target, up=(0.0, -1.0, 0.0)):
 
     NumPy ``eye`` and ``target`` give a NumPy result in their float dtype (at least float32;
     float64 for the host-side paths of :mod:`mirage_jax.geometry.trajectories`); otherwise
-    float32 jax.numpy. Concrete inputs
-    raise CameraError when eye and target coincide or ``up`` is parallel to the viewing
-    direction; under jit (traced inputs) such cameras come out as NaN.
+    float32 jax.numpy. Concrete inputs raise CameraError when eye and target coincide or ``up``
+    is parallel to the viewing direction; under jit (traced inputs) such cameras come out as NaN.
     """
     xp = _xp(eye, target)
     dtype = np.result_type(eye, target, np.float32) if xp is np else jnp.float32
