@@ -496,7 +496,7 @@ def _batches(source, indices: Iterable[int], batch_size: int, rejected: list) ->
         frames = np.asarray(clip["frames"])
         if frames.ndim != 4 or frames.dtype != np.uint8:
             raise InputError(f"clip {i}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-        shape = (usable_frames(frames.shape[0]),) + frames.shape[1:]
+        shape = _shape(clip)
         if batch and (len(batch) == batch_size or _shape(batch[0][1]) != shape):
             yield batch
             batch = []
