@@ -20,21 +20,17 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from mirage_jax.errors import ConfigError, file_error
+from mirage_jax.models.wan.dit import count_params as param_count
 
 __all__ = ["ByteTextEncoder", "SmallBundle", "save_bundle", "load_bundle", "param_count", "world_clip", "PARTS"]
 
 PARTS = ("vae", "mirage", "depth", "text_encoder")
 CONFIG_FILE = "config.json"
-
-
-def param_count(module: nnx.Module) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
 class ByteTextEncoder:
@@ -143,8 +139,8 @@ def load_bundle(path) -> SmallBundle:
         text_encoder=restore_model(path / "text_encoder", UMT5Encoder(text_cfg, rngs=rngs)),
     )
     for name, module in modules.items():
-        if param_count(module) != raw["params"][name]:
-            raise ConfigError(f"{path / name}: {param_count(module)} parameters, config.json says {raw['params'][name]}")
+        if (n := param_count(module)) != raw["params"][name]:
+            raise ConfigError(f"{path / name}: {n} parameters, config.json says {raw['params'][name]}")
     text = ByteTextEncoder(modules["text_encoder"], raw["text_max_length"])
     pipe = Pipeline(modules["mirage"], modules["vae"], lambda t: jnp.asarray(text(t)), f"small ({path})")
     return SmallBundle(pipe, modules["depth"], text, raw)
