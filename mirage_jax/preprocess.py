@@ -11,8 +11,9 @@ Examples::
 
 Run it again with the same arguments to resume after an interruption. The text encoder is
 ``hashed`` (:class:`mirage_jax.data.latents.HashedTextEncoder`, a deterministic PLACEHOLDER,
-``hashed:DIM:LEN`` to size it) until the umT5 encoder lands, or ``package.module:factory`` for
-a callable ``factory() -> (texts -> [B, L, D])``. See :mod:`mirage_jax.data.latents`.
+``hashed:DIM:LEN`` to size it), or ``package.module:factory`` for a callable
+``factory() -> (texts -> [B, L, D])`` (e.g. around :func:`mirage_jax.models.umt5.tokenizer.encode_prompts`
+and a converted umT5). See :mod:`mirage_jax.data.latents`.
 """
 
 from __future__ import annotations
