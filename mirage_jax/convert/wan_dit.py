@@ -292,7 +292,7 @@ def transformer_from_state(
     Raises :class:`ConversionError` with the missing / unexpected / mis-shaped keys.
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+        raise ConfigError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     table, ignore = FORMATS[format]
     runtime = runtime or WanRuntime()
     abstract = nnx.eval_shape(lambda: WanDiT(config, runtime))
@@ -380,7 +380,7 @@ def load_transformer(
         return load_diffusers_transformer(path, runtime=runtime, mesh=mesh, rules=rules)
     if format == "wan":
         return load_wan_original_transformer(path, config, runtime=runtime, mesh=mesh, rules=rules)
-    raise ValueError(f"format must be auto, diffusers, wan or orbax; got {format!r}")
+    raise ConfigError(f"format must be auto, diffusers, wan or orbax; got {format!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ def load_transformer(
 def export_state(model: WanDiT, format: str = "diffusers", dtype=None) -> dict[str, np.ndarray]:
     """The model's parameters as a flat ``{checkpoint name: np.ndarray}`` in ``format``."""
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+        raise ConfigError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     return export(canonical_arrays(model, dtype), FORMATS[format][0], what="WanDiT")
 
 

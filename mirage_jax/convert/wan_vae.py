@@ -43,7 +43,7 @@ from mirage_jax.convert.table import (
     flat_state_shapes,
     read_config_json,
 )
-from mirage_jax.errors import file_error
+from mirage_jax.errors import ConfigError, file_error
 
 Array = np.ndarray
 
@@ -224,7 +224,7 @@ def vae_from_state(config, state: Mapping[str, Any], *, format: str = "diffusers
     elif format == "wan":
         arrays = convert_original_state(state, config, what=what or "original Wan VAE", lazy=True)
     else:
-        raise ValueError(f"format must be 'diffusers' or 'wan', got {format!r}")
+        raise ConfigError(f"format must be 'diffusers' or 'wan', got {format!r}")
     return place(_abstract_model(config, runtime), arrays, mesh=mesh, rules=rules, what=what or "checkpoint")
 
 
@@ -349,7 +349,7 @@ def save_diffusers_vae(model, config, directory, *, dtype=None) -> Path:
     ``AutoencoderKLWan.from_pretrained(directory)``. ``dtype``: NumPy dtype to store (default:
     the parameters' own dtype)."""
     if config != model.config:
-        raise ValueError("save_diffusers_vae: config differs from the model's own config")
+        raise ConfigError("save_diffusers_vae: config differs from the model's own config")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = export_diffusers_state(model)
@@ -406,4 +406,4 @@ def load_vae(path, *, format: str = "auto", config=None, runtime=None, mesh=None
         return load_diffusers_vae(path, runtime=runtime, mesh=mesh, rules=rules)
     if format == "wan":
         return load_wan_original_vae(path, config, runtime=runtime, mesh=mesh, rules=rules)
-    raise ValueError(f"format must be auto, orbax, diffusers or wan; got {format!r}")
+    raise ConfigError(f"format must be auto, orbax, diffusers or wan; got {format!r}")

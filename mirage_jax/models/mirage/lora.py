@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mirage_jax.errors import ConfigError
 from mirage_jax.models.params import param
 from mirage_jax.models.wan.layers import Dense, default_kernel_init, dense
 
@@ -148,7 +149,7 @@ def apply_lora(blocks, targets, *, rank: int, alpha: float, dropout: float, scan
         for j, path in enumerate(targets):
             base = _get(block, path)
             if not isinstance(base, Dense) or isinstance(base, LoRADense):
-                raise ValueError(f"LoRA target {path!r} is a {type(base).__name__}, not a (plain) Dense")
+                raise ConfigError(f"LoRA target {path!r} is a {type(base).__name__}, not a (plain) Dense")
             if scanned:
                 layers = base.kernel.get_value().shape[0]
                 index = jnp.arange(layers, dtype=jnp.int32) * len(targets) + j

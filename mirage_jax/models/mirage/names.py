@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from mirage_jax.convert.table import CONV, LINEAR, Rule
 from mirage_jax.convert.wan_dit import DIFFUSERS_IGNORE, DIFFUSERS_RULES, WAN_RULES
+from mirage_jax.errors import ConfigError
 
 __all__ = ["backbone_rules", "control_rules", "mirage_rules", "mirage_ignore"]
 
@@ -26,7 +27,7 @@ _FORMATS = {"diffusers": (DIFFUSERS_RULES, "proj_in", "proj_out"), "wan": (WAN_R
 
 def _check(format: str):
     if format not in _FORMATS:
-        raise ValueError(f"format must be one of {sorted(_FORMATS)}, got {format!r}")
+        raise ConfigError(f"format must be one of {sorted(_FORMATS)}, got {format!r}")
     return _FORMATS[format]
 
 
