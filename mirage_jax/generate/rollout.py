@@ -99,6 +99,10 @@ class RolloutConfig:
       rewrite_first_frame: chunk 0 writes all 9 latents, re-adding frame 0's points (the
         reference); False writes only the new latents.
       tiled_decode: decode with overlapping tiles (large frames).
+      read_memory: False switches the memory off for the model: the readout half of the control
+        input is zeroed at every chunk (the score half kept, as when training drops a sample's
+        readout); the memory is still written and references are still retrieved
+        (``max_reference=0`` turns those off).
     """
 
     num_chunks: int = 5
@@ -116,6 +120,7 @@ class RolloutConfig:
     depth_resize: str = "bilinear"
     rewrite_first_frame: bool = True
     tiled_decode: bool = False
+    read_memory: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "image_hw", check_hw(tuple(self.image_hw), "image_hw", ConfigError))
@@ -128,6 +133,8 @@ class RolloutConfig:
             or self.memory_capacity < 1
         ):
             raise ConfigError(f"memory_capacity must be None or a positive int, got {self.memory_capacity!r}")
+        if not isinstance(self.read_memory, (bool, np.bool_)):
+            raise ConfigError(f"read_memory must be a bool, got {self.read_memory!r}")
         if not 0 <= float(self.reference_threshold) <= 1 or not float(self.reference_voxel) > 0:
             raise ConfigError("reference_threshold must be in [0, 1] and reference_voxel > 0")
         memory.MemoryConfig(convention=self.memory_convention, depth_resize=self.depth_resize,
@@ -280,6 +287,7 @@ def _chunk_impl(graphdef, model_state, vae_graphdef, vae_state, sampler, cfg: Ro
     views = jnp.concatenate([tgt, pre_c])
     out = memory.read_many(mem, K, latent_poses[views], cfg.image_hw, (h, w), validate=False)
     keep = jnp.concatenate([jnp.ones((T,), bool), pre_ok])
+    keep = keep & cfg.read_memory  # read_memory=False: zero readout, the score half kept
     readout = jnp.where(keep[:, None, None, None], out.features.astype(jnp.float32), 0.0)
     control = jnp.concatenate([readout, score.astype(jnp.float32)], axis=-1)
 
