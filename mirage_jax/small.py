@@ -142,5 +142,6 @@ def load_bundle(path) -> SmallBundle:
         if (n := param_count(module)) != raw["params"][name]:
             raise ConfigError(f"{path / name}: {n} parameters, config.json says {raw['params'][name]}")
     text = ByteTextEncoder(modules["text_encoder"], raw["text_max_length"])
-    pipe = Pipeline(modules["mirage"], modules["vae"], lambda t: jnp.asarray(text(t)), f"small ({path})")
+    pipe = Pipeline(modules["mirage"], modules["vae"], lambda t: jnp.asarray(text(t)), f"small ({path})",
+                    depth_model=lambda images, K: modules["depth"](images))
     return SmallBundle(pipe, modules["depth"], text, raw)

@@ -12,8 +12,11 @@ A checkpoint directory (``--checkpoint DIR``) holds::
     DIR/tokenizer/          tokenizer.json or spiece.model (or inside text_encoder/)
 
 (the layout of a diffusers Wan pipeline plus the reference's Mirage files); everything goes
-through the loaders of :mod:`mirage_jax.convert`. :func:`check_checkpoint` checks the layout
-without reading weights (the CLI calls it before any compute).
+through the loaders of :mod:`mirage_jax.convert`. A small-model bundle directory (``config.json``
+written by :func:`mirage_jax.small.save_bundle`, e.g. ``weights/small``) is loaded by
+:func:`mirage_jax.small.load_bundle` instead: its text encoder reads the prompt's bytes (no
+tokenizer), and its depth model becomes :attr:`Pipeline.depth_model`. :func:`check_checkpoint`
+checks the layout without reading weights (the CLIs call it before any compute).
 
 ``load_pipeline("random:tiny")`` builds test-sized models with random weights (seeded): the tiny
 Mirage model, a tiny Wan2.2-style VAE with the same latent channels and a tiny umT5 encoder fed
@@ -42,13 +45,16 @@ TINY_TEXT_LEN = 16
 @dataclasses.dataclass
 class Pipeline:
     """model: MirageModel; vae: WanVAE; encode_text: ``texts -> [B, L, text_dim]``; name: a label;
-    text_encoder: the UMT5Encoder behind ``encode_text``."""
+    text_encoder: the UMT5Encoder behind ``encode_text``; depth_model: the checkpoint's own depth
+    model for generated frames, ``fn(images f32[n, H, W, 3] in [0, 1], K f32[n, 3, 3]) ->
+    f32[n, H, W]`` z-depth (a small-model bundle's DepthNet), or None."""
 
     model: object
     vae: object
     encode_text: Callable
     name: str
     text_encoder: object = None
+    depth_model: Callable | None = None
 
 
 def _tiny_models(seed: int):
@@ -98,13 +104,22 @@ def _first(d: Path, names) -> Path | None:
 
 
 def check_checkpoint(spec: str) -> dict:
-    """The files :func:`load_pipeline` would read for ``spec`` ({} for ``random:tiny``); raises
-    ConfigError naming what is missing (nothing is loaded)."""
+    """The files :func:`load_pipeline` would read for ``spec`` ({} for ``random:tiny``; for a
+    small-model bundle ``bundle`` = its config.json and ``depth_model`` = its depth checkpoint);
+    raises ConfigError naming what is missing (nothing is loaded)."""
+    from mirage_jax.small import CONFIG_FILE, PARTS
+
     if spec == "random:tiny":
         return {}
     d = Path(spec)
     if not d.is_dir():
         raise ConfigError(f"--checkpoint {spec!r}: not 'random:tiny' and not a directory")
+    if (d / CONFIG_FILE).is_file():
+        missing = [p for p in PARTS if not (d / p).is_dir()]
+        if missing:
+            raise ConfigError(f"--checkpoint {d}: a small-model bundle ({CONFIG_FILE}) without "
+                              f"{', '.join(p + '/' for p in missing)}")
+        return dict(bundle=d / CONFIG_FILE, depth_model=d / "depth")
     files = dict(
         model=_first(d, ("orbax", "transformer", "dit.safetensors")),
         control=_first(d, ("control.safetensors",)),
@@ -125,7 +140,9 @@ def check_checkpoint(spec: str) -> dict:
 
 def load_pipeline(spec: str, seed: int = 0, *, runtime=None, text_len: int = 512) -> Pipeline:
     """``"random:tiny"`` -> :func:`tiny_pipeline`; a directory -> the models of the layout above
-    (``runtime``: dtypes / scanned layers of the DiT and the VAE; ``text_len``: prompt tokens)."""
+    (``runtime``: dtypes / scanned layers of the DiT and the VAE; ``text_len``: prompt tokens);
+    a small-model bundle -> ``small.load_bundle(spec).pipeline`` (its config fixes the runtime
+    and the prompt length, so ``runtime`` must be None and ``text_len`` is not used)."""
     if spec == "random:tiny":
         return tiny_pipeline(seed)
     from mirage_jax.convert import load_umt5, load_vae
@@ -133,6 +150,12 @@ def load_pipeline(spec: str, seed: int = 0, *, runtime=None, text_len: int = 512
     from mirage_jax.models.umt5 import encode_prompts, load_tokenizer
 
     f = check_checkpoint(spec)
+    if "bundle" in f:
+        from mirage_jax.small import load_bundle
+
+        if runtime is not None:
+            raise ConfigError(f"--checkpoint {spec}: a small-model bundle loads with its own runtime; got runtime={runtime!r}")
+        return load_bundle(spec).pipeline
     single = f["model"].suffix == ".safetensors"
     _, model = load_mirage(f["model"], f["control"], f["lora"], config="wan22_ti2v_5b" if single else None,
                            runtime=runtime, seed=seed)
