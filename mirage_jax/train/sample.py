@@ -15,6 +15,11 @@ random choice comes from the step's key, so it changes every step and is reprodu
   pose; :func:`mirage_jax.memory.write`) and read at the ``T`` target and ``P`` preceding poses
   (:func:`mirage_jax.memory.read_many`); with probability ``readout_dropout`` a sample's whole
   readout is zeroed (the model must then rely on the clean frame and the references);
+* with ``control_source = "rgb"`` (the paper's explicit RGB-cache variant, issue 10 section 4)
+  the readout is instead the record's precomputed ``rgb_control[j - j_lo]``: frame ``4 j``'s RGB
+  point cloud rendered at the target's pixel cameras and at each preceding latent's camera and
+  VAE-encoded (:class:`mirage_jax.data.latents.RGBControlEncoder`); the same keep mask and
+  readout dropout apply, and ``readout_hit`` still reports frame ``j``'s latent-grid coverage;
 * with probability ``text_drop`` the text is replaced by the empty-prompt embedding.
 
 Fixed layout (``frame_mask`` marks the real frames; padding frames repeat frame ``j`` and are
@@ -47,10 +52,22 @@ from mirage_jax import memory
 from mirage_jax.errors import ConfigError, InputError, check_hw
 from mirage_jax.memory.projection import cells_to_points, resize_depth, resize_mask_nearest
 
-__all__ = ["CLIP_KEYS", "SampleConfig", "ModelInputs", "build_inputs", "check_clip_batch"]
+__all__ = ["CLIP_KEYS", "CONTROL_SOURCES", "RGB_CONTROL_KEY", "SampleConfig", "ModelInputs", "build_inputs",
+           "check_clip_batch", "target_starts"]
 
 # The arrays of a latent clip record the step uses (strings stay on the host).
 CLIP_KEYS = ("latents", "depth", "exclude", "intrinsics", "cam2world", "text")
+# control_source "rgb" also reads this key: f32|bf16 [J, T + P_max, h, w, C] (see target_starts).
+RGB_CONTROL_KEY = "rgb_control"
+CONTROL_SOURCES = ("latent", "rgb")
+
+
+def target_starts(num_frames: int, num_target: int, max_preceding: int) -> range:
+    """The target starts ``j`` a sample draws from a clip of ``num_frames`` latents:
+    ``[min(P_max, F - T), F - T]`` (room for ``P_max`` preceding latents when the clip allows it).
+    Entry ``j - start`` of a record's ``rgb_control`` belongs to start ``j``."""
+    lo = min(max_preceding, num_frames - num_target)
+    return range(lo, num_frames - num_target + 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +85,8 @@ class SampleConfig:
       reference_threshold: a candidate needs voxel IoU > this with the target views (0.04).
       voxel_size: voxel edge for the IoU (0.1, world units).
       memory_convention, depth_resize: memory options (see :class:`mirage_jax.memory.MemoryConfig`).
+      control_source: "latent" (the latent memory's readout, Mirage) or "rgb" (the record's
+        precomputed ``rgb_control``: the explicit RGB point-cloud cache variant).
     """
 
     num_target: int = 9
@@ -81,9 +100,12 @@ class SampleConfig:
     voxel_size: float = 0.1
     memory_convention: str = "reference"
     depth_resize: str = "bilinear"
+    control_source: str = "latent"
 
     def __post_init__(self):
         object.__setattr__(self, "image_hw", check_hw(tuple(self.image_hw), "sample.image_hw", ConfigError))
+        if self.control_source not in CONTROL_SOURCES:
+            raise ConfigError(f"sample.control_source must be one of {CONTROL_SOURCES}, got {self.control_source!r}")
         for name, lo in (("num_target", 2), ("max_reference", 0), ("max_preceding", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -108,6 +130,11 @@ class SampleConfig:
     def num_control(self) -> int:
         """T + P_max: frames of the control input (and of the score latent)."""
         return self.num_target + self.max_preceding
+
+    @property
+    def clip_keys(self) -> tuple[str, ...]:
+        """The record keys a step reads: CLIP_KEYS, plus ``rgb_control`` for control_source "rgb"."""
+        return CLIP_KEYS + ((RGB_CONTROL_KEY,) if self.control_source == "rgb" else ())
 
 
 class ModelInputs(NamedTuple):
@@ -138,6 +165,12 @@ def check_clip_batch(batch, cfg: SampleConfig, score, empty_text) -> None:
     missing = [k for k in CLIP_KEYS if k not in batch]
     if missing:
         raise InputError(f"training batch lacks keys {missing}; it has {sorted(batch)} (latent clip record)")
+    if cfg.control_source == "rgb" and RGB_CONTROL_KEY not in batch:
+        raise InputError(
+            f"sample.control_source 'rgb' reads the record key {RGB_CONTROL_KEY!r}, which this batch lacks (it has "
+            f"{sorted(batch)}): write the dataset with preprocess(..., rgb_control=RGBControlEncoder(...)) "
+            "(experiments/train_rgb_ablation.py)"
+        )
     lat = batch["latents"]
     if lat.ndim != 5:
         raise InputError(f"latents: expected [B, F, h, w, C], got shape {tuple(lat.shape)}")
@@ -167,6 +200,14 @@ def check_clip_batch(batch, cfg: SampleConfig, score, empty_text) -> None:
         raise InputError(
             f"score latent: expected [T + P_max = {cfg.num_control}, {h}, {w}, {C}], got {list(score.shape)}"
         )
+    if cfg.control_source == "rgb":
+        J = len(target_starts(F, cfg.num_target, cfg.max_preceding))
+        want_rgb = (B, J, cfg.num_control, h, w, C)
+        if tuple(batch[RGB_CONTROL_KEY].shape) != want_rgb:
+            raise InputError(
+                f"{RGB_CONTROL_KEY}: expected [B, J = {J} target starts, T + P_max = {cfg.num_control}, h, w, C] = "
+                f"{list(want_rgb)}, got {list(batch[RGB_CONTROL_KEY].shape)}"
+            )
 
 
 def _frame_voxel_sets(depth, exclude, intrinsics, cam2world, grid_hw, cfg: SampleConfig):
@@ -207,8 +248,8 @@ def _one_sample(key, clip, score, empty_text, cfg: SampleConfig):
     F, h, w, C = lat.shape
     T, R_max, P_max = cfg.num_target, cfg.max_reference, cfg.max_preceding
     k_j, k_p, k_r, k_drop, k_text = jax.random.split(key, 5)
-    j_lo = min(P_max, F - T)
-    j = jax.random.randint(k_j, (), j_lo, F - T + 1)
+    starts = target_starts(F, T, P_max)
+    j = jax.random.randint(k_j, (), starts.start, starts.stop)
     P = jax.random.randint(k_p, (), 0, jnp.minimum(P_max, j) + 1)
     depth = clip["depth"].astype(jnp.float32)
     K, c2w, exclude = clip["intrinsics"].astype(jnp.float32), clip["cam2world"].astype(jnp.float32), clip["exclude"]
@@ -231,10 +272,16 @@ def _one_sample(key, clip, score, empty_text, cfg: SampleConfig):
     mem = memory.write(mem, lat[j], depth[j], K[j], c2w[j], exclude=exclude[j])
     views = jnp.concatenate([tgt_index, pre_index])
     out = memory.read_many(mem, jnp.take(K, views, axis=0), jnp.take(c2w, views, axis=0), cfg.image_hw, (h, w))
+    features = out.features
+    if cfg.control_source == "rgb":
+        # stored: T target latents, then the latents j - P_max .. j - 1; slot s < P holds j - P + s
+        stored = jnp.take(clip[RGB_CONTROL_KEY], j - starts.start, axis=0)
+        pre_src = T + jnp.clip(P_max - P + pre_slot, 0, max(P_max - 1, 0))
+        features = jnp.take(stored, jnp.concatenate([jnp.arange(T), pre_src]), axis=0)
     keep = jnp.concatenate([jnp.ones((T,), bool), pre_valid])
     if cfg.readout_dropout > 0:
         keep = keep & ~jax.random.bernoulli(k_drop, cfg.readout_dropout)
-    readout = jnp.where(keep[:, None, None, None], out.features.astype(jnp.float32), 0.0)
+    readout = jnp.where(keep[:, None, None, None], features.astype(jnp.float32), 0.0)
     control = jnp.concatenate([readout, jnp.asarray(score, jnp.float32)], axis=-1)
     text = clip["text"]
     if cfg.text_drop > 0:
@@ -248,13 +295,14 @@ def build_inputs(key: jax.Array, batch, score, empty_text, cfg: SampleConfig) ->
 
     Args:
       key: the step's PRNG key (one sub-key per sample).
-      batch: dict with CLIP_KEYS: latents [B, F, h, w, C], depth [B, F, H, W], exclude
-        bool[B, F, H, W], intrinsics [B, F, 3, 3], cam2world [B, F, 4, 4], text [B, L, D].
+      batch: dict with ``cfg.clip_keys``: latents [B, F, h, w, C], depth [B, F, H, W], exclude
+        bool[B, F, H, W], intrinsics [B, F, 3, 3], cam2world [B, F, 4, 4], text [B, L, D]
+        (and rgb_control [B, J, T + P_max, h, w, C] for control_source "rgb").
       score: [T + P_max, h, w, C] the score latent (constant; :func:`score_latent`).
       empty_text: [L, D] the empty prompt's embedding.
       cfg: the :class:`SampleConfig` (static).
     """
     B = batch["latents"].shape[0]
-    clip = {k: batch[k] for k in CLIP_KEYS}
+    clip = {k: batch[k] for k in cfg.clip_keys}
     keys = jax.random.split(key, B)
     return jax.vmap(lambda k, c: _one_sample(k, c, score, empty_text, cfg))(keys, clip)

@@ -41,7 +41,7 @@ from flax import nnx
 from mirage_jax import sharding as shd
 from mirage_jax.diffusion import flow
 from mirage_jax.errors import ConfigError, InputError
-from mirage_jax.train.sample import CLIP_KEYS, SampleConfig, build_inputs, check_clip_batch
+from mirage_jax.train.sample import SampleConfig, build_inputs, check_clip_batch
 
 __all__ = ["OptimConfig", "RngKey", "TrainState", "TrainStep", "create_train_state", "flow_loss", "make_tx"]
 
@@ -276,7 +276,7 @@ class TrainStep:
         return self._jit.lower(self.graphdef, state, batch, score, empty_text, self.cfg, self.grad_accum)
 
     def __call__(self, ts: TrainState, batch, score, empty_text) -> dict[str, Any]:
-        batch = {k: batch[k] for k in CLIP_KEYS if k in batch}
+        batch = {k: batch[k] for k in self.cfg.clip_keys if k in batch}
         check_clip_batch(batch, self.cfg, score, empty_text)
         _, state = nnx.split(ts)
         new_state, metrics = self._jit(

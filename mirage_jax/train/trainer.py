@@ -57,7 +57,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mirage_jax import sharding as shd
 from mirage_jax.errors import ConfigError, FileFormatError
 from mirage_jax.train.checkpoint import TrainCheckpointer, restore_model_weights
-from mirage_jax.train.sample import CLIP_KEYS, SampleConfig
+from mirage_jax.train.sample import SampleConfig
 from mirage_jax.train.step import OptimConfig, TrainState, TrainStep, create_train_state, flow_loss, make_tx
 
 __all__ = ["Hook", "RunConfig", "Trainer", "MetricWriter", "parse_config", "initialize_distributed", "main"]
@@ -274,7 +274,7 @@ class Trainer:
         from mirage_jax.data.pipeline import PipelineConfig, make_dataset
 
         pipe = {k: v for k, v in _plain(config.data).items() if k in {f.name for f in dataclasses.fields(PipelineConfig)}}
-        pipe.update(sampling="full", keys=CLIP_KEYS)
+        pipe.update(sampling="full", keys=rc.sample.clip_keys)
         self.dataset = make_dataset(pipe, source=source, mesh=self.mesh)
         self.iterator = iter(self.dataset)
         self.checkpointer = TrainCheckpointer(
@@ -430,9 +430,9 @@ class Trainer:
             # The first batch of a fresh iterator (the training iterator is not advanced) and a
             # fixed key: the same samples, noise and memory reads at every evaluation.
             fresh = iter(trainer.dataset)
-            batch = {k: v for k, v in next(fresh).items() if k in CLIP_KEYS}
-            getattr(fresh, "close", lambda: None)()
             cfg = trainer.run_config.sample
+            batch = {k: v for k, v in next(fresh).items() if k in cfg.clip_keys}
+            getattr(fresh, "close", lambda: None)()
             graphdef = nnx.graphdef(trainer.state.model)
 
             @jax.jit
