@@ -40,6 +40,15 @@ fixed slots (4 and 2) with a frame mask, so chunk 0 (none of either) runs the sa
 Beyond the reference, as options (the reference's behaviour is the default): a bounded memory
 (``memory_capacity``, ring or voxel fusion), exclusion masks on write-back (a mask provider), and
 no double write of frame 0 (``rewrite_first_frame=False``).
+
+``memory_kind="rgb"`` runs the paper's explicit baseline (issue 10 section 4; a model trained with
+``SampleConfig(control_source="rgb")``): the memory is an RGB point-cloud cache at pixel
+resolution (:mod:`mirage_jax.memory.rgb_cache`, uint8, capacity = every pixel written) written
+with the same frames as the latent path (the first image, then every 4th decoded frame with the
+provider's depth and masks); step 1 renders the chunk's 33 pixel cameras and VAE-encodes them as
+one video (the 9 target readouts), and each preceding latent's camera as a 1-frame video
+(:func:`mirage_jax.models.mirage.rgb_control.encode_views`, the function that built the training
+control). References are retrieved from the cache's points in the same way.
 """
 
 from __future__ import annotations
@@ -60,7 +69,7 @@ from mirage_jax.errors import ConfigError, InputError, check_hw
 from mirage_jax.generate.denoise import TRACE_COUNTS, denoise_chunk_pure
 from mirage_jax.geometry.cameras import check_intrinsics, check_pose
 from mirage_jax.geometry.trajectories import CHUNK_FRAMES, NEW_FRAMES_PER_CHUNK, num_frames_for_chunks
-from mirage_jax.models.mirage import score_latent
+from mirage_jax.models.mirage import rgb_control, score_latent
 
 __all__ = [
     "RolloutConfig",
@@ -80,6 +89,7 @@ NEW_LATENTS_PER_CHUNK = NEW_FRAMES_PER_CHUNK // 4  # 8
 # "IoU >= 0.04" (spec 10.7) with memory.retrieve_references' strict "> threshold": the largest
 # float32 below the threshold makes the comparison inclusive on float32 IoUs.
 _INCLUSIVE = lambda x: float(np.nextafter(np.float32(x), np.float32(0)))  # noqa: E731
+MEMORY_KINDS = ("latent", "rgb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +109,8 @@ class RolloutConfig:
       rewrite_first_frame: chunk 0 writes all 9 latents, re-adding frame 0's points (the
         reference); False writes only the new latents.
       tiled_decode: decode with overlapping tiles (large frames).
+      memory_kind: "latent" (Mirage's latent memory) or "rgb" (the explicit baseline: an RGB
+        point-cloud cache rendered at pixel resolution and VAE-encoded; module docstring).
       read_memory: False switches the memory off for the model: the readout half of the control
         input is zeroed at every chunk (the score half kept, as when training drops a sample's
         readout); the memory is still written and references are still retrieved
@@ -121,6 +133,7 @@ class RolloutConfig:
     rewrite_first_frame: bool = True
     tiled_decode: bool = False
     read_memory: bool = True
+    memory_kind: str = "latent"
 
     def __post_init__(self):
         object.__setattr__(self, "image_hw", check_hw(tuple(self.image_hw), "image_hw", ConfigError))
@@ -133,6 +146,8 @@ class RolloutConfig:
             or self.memory_capacity < 1
         ):
             raise ConfigError(f"memory_capacity must be None or a positive int, got {self.memory_capacity!r}")
+        if self.memory_kind not in MEMORY_KINDS:
+            raise ConfigError(f"memory_kind must be one of {MEMORY_KINDS}, got {self.memory_kind!r}")
         if not isinstance(self.read_memory, (bool, np.bool_)):
             raise ConfigError(f"read_memory must be a bool, got {self.read_memory!r}")
         if not 0 <= float(self.reference_threshold) <= 1 or not float(self.reference_voxel) > 0:
@@ -153,7 +168,8 @@ class RolloutConfig:
         return self.image_hw[0] // spatial_ratio, self.image_hw[1] // spatial_ratio
 
     def capacity(self, cells: int) -> int:
-        """Slots of the memory: ``memory_capacity`` or everything the rollout writes."""
+        """Slots of the memory: ``memory_capacity`` or everything the rollout writes (``cells``
+        per written frame: latent cells, or pixels for the RGB cache)."""
         if self.memory_capacity is not None:
             return int(self.memory_capacity)
         frames = 1 + NEW_LATENTS_PER_CHUNK * self.num_chunks + (1 if self.rewrite_first_frame else 0)
@@ -255,10 +271,14 @@ def _init_impl(vae_graphdef, vae_state, image, depth, exclude, K, pose, latent_p
     vae = nnx.merge(vae_graphdef, vae_state)
     lat0 = vae.normalize(vae.encode(image[None, None]))[0, 0].astype(jnp.float32)
     h, w, c = lat0.shape
-    mem = memory.empty(cfg.capacity(h * w), c, jnp.float32, convention=cfg.memory_convention,
-                       depth_resize=cfg.depth_resize, policy=cfg.memory_policy, voxel_size=float(cfg.memory_voxel),
-                       fuse_mode=cfg.fuse_mode)
-    mem = memory.write(mem, lat0, depth, K, pose, exclude=exclude, validate=False)
+    options = dict(convention=cfg.memory_convention, depth_resize=cfg.depth_resize, policy=cfg.memory_policy,
+                   voxel_size=float(cfg.memory_voxel), fuse_mode=cfg.fuse_mode)
+    if cfg.memory_kind == "rgb":
+        mem = memory.rgb_cache.empty(cfg.capacity(image.shape[0] * image.shape[1]), **options)
+        mem = memory.rgb_cache.write(mem, rgb_control.to_uint8(image), depth, K, pose, exclude, validate=False)
+    else:
+        mem = memory.empty(cfg.capacity(h * w), c, jnp.float32, **options)
+        mem = memory.write(mem, lat0, depth, K, pose, exclude=exclude, validate=False)
     F = cfg.num_latents
     latents = jnp.zeros((F, h, w, c), jnp.float32).at[0].set(lat0)
     sets = _voxel_sets(mem, K, latent_poses[:1], cfg.image_hw, cfg.reference_voxel)
@@ -271,8 +291,9 @@ def _init_impl(vae_graphdef, vae_state, image, depth, exclude, K, pose, latent_p
 
 
 def _chunk_impl(graphdef, model_state, vae_graphdef, vae_state, sampler, cfg: RolloutConfig, state: RolloutState,
-                text, K, latent_poses, score):
-    """One chunk up to the decoded video (steps 1-4 of the module docstring)."""
+                text, K, cam2world, score):
+    """One chunk up to the decoded video (steps 1-4 of the module docstring); ``cam2world``: the
+    pixel frames' cameras [33 + 32 (N - 1), 4, 4]."""
     TRACE_COUNTS["rollout_chunk"] += 1
     model = nnx.merge(graphdef, model_state)
     vae = nnx.merge(vae_graphdef, vae_state)
@@ -284,11 +305,18 @@ def _chunk_impl(graphdef, model_state, vae_graphdef, vae_state, sampler, cfg: Ro
     pre = start - P + jnp.arange(P)
     pre_ok = pre >= 0
     pre_c = jnp.maximum(pre, 0)
-    views = jnp.concatenate([tgt, pre_c])
-    out = memory.read_many(mem, K, latent_poses[views], cfg.image_hw, (h, w), validate=False)
+    latent_poses = cam2world[::4]
+    if cfg.memory_kind == "rgb":  # render the chunk's 33 pixel cameras + each preceding camera, encode
+        pixels = jax.lax.dynamic_slice_in_dim(cam2world, 4 * start, CHUNK_FRAMES)
+        features, rendered = rgb_control.encode_views(vae, mem, K, pixels, latent_poses[pre_c], cfg.image_hw)
+        hit = jnp.mean(rendered[:CHUNK_FRAMES].astype(jnp.float32))
+    else:
+        out = memory.read_many(mem, K, latent_poses[jnp.concatenate([tgt, pre_c])], cfg.image_hw, (h, w),
+                               validate=False)
+        features, hit = out.features, jnp.mean(out.hit[:T].astype(jnp.float32))
     keep = jnp.concatenate([jnp.ones((T,), bool), pre_ok])
     keep = keep & cfg.read_memory  # read_memory=False: zero readout, the score half kept
-    readout = jnp.where(keep[:, None, None, None], out.features.astype(jnp.float32), 0.0)
+    readout = jnp.where(keep[:, None, None, None], features.astype(jnp.float32), 0.0)
     control = jnp.concatenate([readout, score.astype(jnp.float32)], axis=-1)
 
     if R > 0:
@@ -315,18 +343,18 @@ def _chunk_impl(graphdef, model_state, vae_graphdef, vae_state, sampler, cfg: Ro
     x = denoise_chunk_pure(model, sampler, noise, first[None], control[None].astype(noise.dtype), text,
                            reference[None], preceding[None], slot_ok[None], pre_ok[None])[0].astype(jnp.float32)
     video = vae.decode(vae.denormalize(x)[None], tiled=cfg.tiled_decode)[0].astype(jnp.float32)
-    hit = jnp.mean(out.hit[:T].astype(jnp.float32))
     return ChunkOutput(x, video, ref_index.astype(jnp.int32), ref_iou, jnp.where(pre_ok, pre, -1).astype(jnp.int32), hit)
 
 
-def _write_impl(cfg: RolloutConfig, state: RolloutState, x, depths, exclude, K, latent_poses):
-    """Step 6: write the chunk's new latents and record their visible voxel sets."""
+def _write_impl(cfg: RolloutConfig, state: RolloutState, x, images, depths, exclude, K, latent_poses):
+    """Step 6: write the chunk's new latents (or, for the RGB cache, ``images`` uint8 [9, H, W, 3]:
+    every 4th decoded frame) and record their visible voxel sets."""
     TRACE_COUNTS["rollout_write"] += 1
     mem, n = state.memory, state.count
     start = n - 1
     tgt = start + jnp.arange(LATENTS_PER_CHUNK)
     poses = latent_poses[tgt]
-    mem = memory.write_frames(mem, x[1:], depths[1:], K, poses[1:],
+    mem = memory.write_frames(mem, x[1:] if images is None else images[1:], depths[1:], K, poses[1:],
                               exclude=None if exclude is None else exclude[1:], validate=False)
     sets = _voxel_sets(mem, K, poses, cfg.image_hw, cfg.reference_voxel)
     # the clean frame's set is (re-)recorded only in chunk 0, where the reference calls it new
@@ -339,7 +367,8 @@ def _write_impl(cfg: RolloutConfig, state: RolloutState, x, depths, exclude, K, 
 
 
 def _write_first_impl(state: RolloutState, x0, depth0, exclude0, K, pose0):
-    """The reference re-adds chunk 0's frame 0 before its other latents (rewrite_first_frame)."""
+    """The reference re-adds chunk 0's frame 0 before its other latents (rewrite_first_frame);
+    ``x0``: the latent, or the first image (uint8) for the RGB cache."""
     TRACE_COUNTS["rollout_write_first"] += 1
     mem = memory.write(state.memory, x0, depth0, K, pose0, exclude=exclude0, validate=False)
     return state._replace(memory=mem)
@@ -421,7 +450,8 @@ class Rollout:
         K = check_intrinsics(K, "intrinsics")
         P = check_pose(P[:need], "cam2world")
         self.K, self.cam2world, self.text = K, P, text
-        self.latent_poses = jnp.asarray(P[:need:4])  # [1 + 8 N, 4, 4]: latent g at pixel frame 4 g
+        self.pixel_poses = jnp.asarray(P)  # [33 + 32 (N - 1), 4, 4]
+        self.latent_poses = self.pixel_poses[::4]  # [1 + 8 N, 4, 4]: latent g at pixel frame 4 g
         self.depth, self.mask = depth, mask
         self.graphdef, self.model_state = nnx.split(model)
         self.vae_graphdef, self.vae_state = nnx.split(vae)
@@ -440,13 +470,16 @@ class Rollout:
             raise InputError(f"image must be [{H}, {W}, 3], got shape {image.shape}")
         if image.dtype == np.uint8:
             image = image.astype(np.float32) / 127.5 - 1.0
+        elif not np.issubdtype(image.dtype, np.floating) or not np.all(np.abs(image) <= 1.0):
+            raise InputError(f"image must be uint8 or float in [-1, 1], got {image.dtype} in "
+                             f"[{np.nanmin(image)}, {np.nanmax(image)}]")
         depth = _check_provider_output(first_depth, (H, W), "f", "first frame depth")
         exclude = None if first_exclude is None else _check_provider_output(first_exclude, (H, W), "b", "first frame mask")
         key = jax.random.key(self.config.seed)
         self.state = _init_jit(self.vae_graphdef, self.vae_state, jnp.asarray(image, jnp.float32), jnp.asarray(depth),
                                None if exclude is None else jnp.asarray(exclude), jnp.asarray(self.K),
                                self.latent_poses[0], self.latent_poses, self.config, key)
-        self._first = (depth, exclude)
+        self._first = (depth, exclude, _to_uint8(image) if self.config.memory_kind == "rgb" else None)
         return self.state
 
     def chunk(self) -> dict:
@@ -460,7 +493,7 @@ class Rollout:
         plan = chunk_plan(c + 1)[c]
         t0 = time.perf_counter()
         out = _chunk_jit(self.graphdef, self.model_state, self.vae_graphdef, self.vae_state, self.stepped, cfg,
-                         self.state, self.text, jnp.asarray(self.K), self.latent_poses, self.score)
+                         self.state, self.text, jnp.asarray(self.K), self.pixel_poses, self.score)
         out = jax.block_until_ready(out)
         t1 = time.perf_counter()
         frames = _to_uint8(out.video)
@@ -477,10 +510,12 @@ class Rollout:
         state = self.state
         before = memory.counters(state.memory) if c == 0 else self.chunks[-1]["memory"]
         if c == 0 and cfg.rewrite_first_frame:
-            d0, e0 = self._first
-            state = _write_first_jit(state, out.latents[0], jnp.asarray(d0), None if e0 is None else jnp.asarray(e0),
+            d0, e0, image0 = self._first
+            x0 = out.latents[0] if image0 is None else jnp.asarray(image0)
+            state = _write_first_jit(state, x0, jnp.asarray(d0), None if e0 is None else jnp.asarray(e0),
                                      jnp.asarray(self.K), self.latent_poses[0])
-        self.state = _write_jit(cfg, state, out.latents, jnp.asarray(depths),
+        images = jnp.asarray(sub) if cfg.memory_kind == "rgb" else None
+        self.state = _write_jit(cfg, state, out.latents, images, jnp.asarray(depths),
                                 None if exclude is None else jnp.asarray(exclude), jnp.asarray(self.K), self.latent_poses)
         mem = jax.block_until_ready(self.state.memory)
         t3 = time.perf_counter()
@@ -556,7 +591,7 @@ def chunk_memory_analysis(model_config, vae_config, *, runtime=None, vae_runtime
         vstate, sds((H, W, 3), jnp.float32), sds((H, W), jnp.float32), None, sds((3, 3), jnp.float32),
         sds((4, 4), jnp.float32), sds((cfg.num_latents, 4, 4), jnp.float32), key=jax.random.key(0))
     args = (state, sds((1, text_len, model_config.dit.text_dim), runtime.dtype if runtime else jnp.float32),
-            sds((3, 3), jnp.float32), sds((cfg.num_latents, 4, 4), jnp.float32),
+            sds((3, 3), jnp.float32), sds((cfg.num_frames, 4, 4), jnp.float32),
             sds((LATENTS_PER_CHUNK + cfg.max_preceding, h, w, c), jnp.float32))
     compiled = _chunk_jit.lower(graphdef, mstate, vgraphdef, vstate, sampler, cfg, *args).compile()
     ma = compiled.memory_analysis()
