@@ -15,7 +15,10 @@ encoder. One record per clip (the schema shared with training; F latent frames; 
   ``text``          float32 | bfloat16 [L, D]  ``text_encoder([caption])[0]`` (padded tail zero)
   ``caption``, ``scene_id``: Text; ``image_hw`` int32 [2] = (H, W);
   ``frame_indices`` int64 [F] (pixel frames 0, 4, 8, ... of the clip);
-  ``source_index`` int64 (the clip's index in the source split)
+  ``source_index`` int64 (the clip's index in the source split);
+  ``rgb_control``   (only when written with ``rgb_control=``) [J, T + P_max, h, w, C] in the
+                    latents' dtype: the explicit RGB-cache variant's control per target start
+                    (:class:`RGBControlEncoder`)
 
 Storage: a TFDS dataset written directly as array_record shards
 (``latent_clips-<split>.array_record-0000s-of-0000n``) with TFDS's own example serialisation and
@@ -105,13 +108,18 @@ def latent_geometry(clip: Mapping[str, Any], stride: int = LATENT_STRIDE) -> dic
     }
 
 
-def latent_features(latents_dtype: str = "float32", text_dtype: str = "float32"):
-    """The TFDS ``FeaturesDict`` of a latent clip record (module docstring)."""
+def latent_features(latents_dtype: str = "float32", text_dtype: str = "float32", rgb_control: bool = False):
+    """The TFDS ``FeaturesDict`` of a latent clip record (module docstring); ``rgb_control``
+    adds that key (the latents' dtype)."""
     import tensorflow_datasets as tfds
 
     f = tfds.features
+    extra = {}
+    if rgb_control:
+        extra["rgb_control"] = f.Tensor(shape=(None,) * 5, dtype=_dtype(latents_dtype), encoding="bytes")
     return f.FeaturesDict(
         {
+            **extra,
             # bfloat16 only serialises as raw bytes in TFDS without TensorFlow.
             "latents": f.Tensor(shape=(None, None, None, None), dtype=_dtype(latents_dtype), encoding="bytes"),
             "depth": f.Tensor(shape=(None, None, None), dtype=np.float16, encoding="zlib"),
@@ -139,8 +147,9 @@ def _dtype(name: str) -> np.dtype:
 
 
 def latent_record(clip: Mapping[str, Any], latents, text, *, source_index: int, latents_dtype="float32",
-                  text_dtype="float32", stride: int = LATENT_STRIDE) -> dict[str, Any]:
-    """One record (module docstring) from a clip, its encoded ``latents`` [F, h, w, C] and ``text`` [L, D]."""
+                  text_dtype="float32", stride: int = LATENT_STRIDE, rgb_control=None) -> dict[str, Any]:
+    """One record (module docstring) from a clip, its encoded ``latents`` [F, h, w, C] and ``text`` [L, D]
+    (and ``rgb_control`` [J, T + P_max, h, w, C] when given)."""
     geo = latent_geometry(clip, stride)
     latents = np.asarray(latents)
     F = geo["frame_indices"].shape[0]
@@ -150,8 +159,16 @@ def latent_record(clip: Mapping[str, Any], latents, text, *, source_index: int, 
     if text.ndim != 2:
         raise InputError(f"text: expected one embedding [L, D], got shape {text.shape}")
     H, W = geo["depth"].shape[1:]
+    extra = {}
+    if rgb_control is not None:
+        rgb_control = np.asarray(rgb_control)
+        if rgb_control.ndim != 5 or rgb_control.shape[2:] != latents.shape[1:]:
+            raise InputError(f"rgb_control: expected [J, T + P_max, {', '.join(map(str, latents.shape[1:]))}] "
+                             f"like the latents' frames, got {rgb_control.shape}")
+        extra["rgb_control"] = rgb_control.astype(_dtype(latents_dtype))
     return {
         **geo,
+        **extra,
         "latents": latents.astype(_dtype(latents_dtype)),
         "text": text.astype(_dtype(text_dtype)),
         "image_hw": np.array([H, W], np.int32),
@@ -274,6 +291,76 @@ class LatentEncoder:
         return np.asarray(out)[:B]
 
 
+class RGBControlEncoder:
+    """clip -> the explicit (RGB-cache) variant's stored control, float32 [J, T + P_max, h, w, C].
+
+    Per target start ``j`` a training sample can draw (:func:`mirage_jax.train.sample.target_starts`:
+    J starts): an RGB cache holding pixel frame ``4 j`` alone (its colours with the record's
+    float16 depth, exclusion mask, intrinsics and pose: what the latent path writes for latent
+    ``j``) is rendered at the target's pixel cameras ``4 j .. 4 j + 4 (T - 1)`` and at the
+    ``P_max`` preceding latents' cameras ``4 (j - P_max) .. 4 (j - 1)`` and encoded by
+    :func:`mirage_jax.models.mirage.rgb_control.encode_views` (the rollout's own readout);
+    entries of preceding latents before the clip's start (``j - p < 0``, never drawn) are zero.
+    Training then needs no VAE (:mod:`mirage_jax.train.sample`, ``control_source="rgb"``).
+
+    ``vae``: the :class:`~mirage_jax.models.wan.vae.WanVAE` of the latents; one jitted program
+    per frame shape, one call per start ``j`` (the cache holds one frame: ``H W`` points).
+    """
+
+    def __init__(self, vae, *, num_target: int = 9, max_preceding: int = 2,
+                 compiler_options: Mapping[str, Any] | None = None):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from mirage_jax.memory import rgb_cache
+        from mirage_jax.models.mirage.rgb_control import encode_views
+
+        if vae.config.temporal_ratio != LATENT_STRIDE:
+            raise ConfigError(f"the VAE's temporal ratio {vae.config.temporal_ratio} is not the records' {LATENT_STRIDE}")
+        self.num_target, self.max_preceding = int(num_target), int(max_preceding)
+        graphdef, self._state = nnx.split(vae)
+        T = self.num_target
+
+        def fn(state, image, depth, exclude, K, c2w, view_K, target_c2w, preceding_c2w, preceding_ok):
+            cache = rgb_cache.empty(image.shape[0] * image.shape[1])
+            cache = rgb_cache.write(cache, image, depth, K, c2w, exclude, validate=False)
+            feats, _ = encode_views(nnx.merge(graphdef, state), cache, view_K, target_c2w, preceding_c2w,
+                                    image.shape[:2])
+            keep = jnp.concatenate([jnp.ones((T,), bool), preceding_ok])
+            return jnp.where(keep[:, None, None, None], feats, 0.0)
+
+        self._fn = jax.jit(fn, compiler_options=dict(compiler_options or {}) or None)
+
+    @property
+    def name(self) -> str:
+        return f"rgb_control(num_target={self.num_target},max_preceding={self.max_preceding})"
+
+    def __call__(self, clip: Mapping[str, Any]) -> np.ndarray:
+        from mirage_jax.train.sample import target_starts
+
+        geo = latent_geometry(clip)
+        frames = np.asarray(clip["frames"])
+        if frames.ndim != 4 or frames.dtype != np.uint8 or frames.shape[-1] != 3:
+            raise InputError(f"frames: expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        F, T, P = geo["frame_indices"].shape[0], self.num_target, self.max_preceding
+        if F < T:
+            raise InputError(f"the clip has {F} latent frames; num_target = {T} needs at least that many")
+        K = np.broadcast_to(np.asarray(clip["intrinsics"], np.float32), (frames.shape[0], 3, 3))
+        c2w = np.asarray(clip["cam2world"], np.float32)
+        n = LATENT_STRIDE * (T - 1) + 1
+        out = []
+        for j in target_starts(F, T, P):
+            pre = np.arange(j - P, j)
+            pre_px = LATENT_STRIDE * np.maximum(pre, 0)
+            tgt = slice(LATENT_STRIDE * j, LATENT_STRIDE * j + n)
+            out.append(np.asarray(self._fn(
+                self._state, frames[LATENT_STRIDE * j], geo["depth"][j].astype(np.float32), geo["exclude"][j],
+                geo["intrinsics"][j], geo["cam2world"][j], np.concatenate([K[tgt], K[pre_px]]), c2w[tgt], c2w[pre_px],
+                pre >= 0)))
+        return np.stack(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Clip sources
 # --------------------------------------------------------------------------------------------
@@ -394,6 +481,7 @@ def preprocess(
     text_dtype: str = "float32",
     settings: Mapping[str, Any] | None = None,
     progress: bool = False,
+    rgb_control: Callable[[Mapping[str, Any]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Encodes every clip of ``source`` into ``out_dir`` (module docstring) -> this split's manifest entry.
 
@@ -403,6 +491,8 @@ def preprocess(
     (:class:`LatentEncoder`). ``text_encoder``: texts -> [B, L, D].
     ``settings``: what else identifies the run (dataset name, source...) in the manifest; a
     restart with different settings raises :class:`~mirage_jax.errors.ConfigError`.
+    ``rgb_control``: clip -> [J, T + P_max, h, w, C] (:class:`RGBControlEncoder`) adds the
+    record key ``rgb_control`` (the explicit RGB-cache variant's training control).
 
     Returns ``{run, num_clips, num_shards, complete, shards: {k: {source_range, records,
     rejected, tail_frames_dropped, bytes}}}``; every skipped or dropped thing is counted there.
@@ -413,7 +503,7 @@ def preprocess(
     os.makedirs(out_dir, exist_ok=True)
     if clips_per_shard < 1:
         raise ConfigError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
-    features = latent_features(latents_dtype, text_dtype)
+    features = latent_features(latents_dtype, text_dtype, rgb_control is not None)
     batch_size = int(getattr(encoder, "batch_size", 1))
     num_clips = len(source)
     num_shards = max(1, math.ceil(num_clips / clips_per_shard))
@@ -427,9 +517,13 @@ def preprocess(
         "num_clips": num_clips,
         "settings": dict(settings or {}),
     }
+    if rgb_control is not None:
+        run["rgb_control"] = getattr(rgb_control, "name", type(rgb_control).__qualname__)
     run = json.loads(json.dumps(run))  # as it reads back from the manifest (tuples -> lists)
     manifest = _read_manifest(out_dir)
     features_json = {"latents_dtype": latents_dtype, "text_dtype": text_dtype}
+    if rgb_control is not None:
+        features_json["rgb_control"] = True
     if manifest["features"] not in (None, features_json):
         raise ConfigError(f"{out_dir} holds records with {manifest['features']}, this run writes {features_json}")
     manifest["features"] = features_json
@@ -461,7 +555,7 @@ def preprocess(
         try:
             for batch in _batches(source, range(lo, hi), batch_size, rejected):
                 dropped += sum(np.asarray(c["frames"]).shape[0] - _shape(c)[0] for _, c in batch)
-                for record in _encode_batch(batch, encoder, text_encoder, latents_dtype, text_dtype):
+                for record in _encode_batch(batch, encoder, text_encoder, latents_dtype, text_dtype, rgb_control):
                     writer.write(features.serialize_example(record))
                     records += 1
                 if bar is not None:
@@ -510,7 +604,7 @@ def _shape(clip) -> tuple:
     return (usable_frames(frames.shape[0]),) + frames.shape[1:]
 
 
-def _encode_batch(batch, encoder, text_encoder, latents_dtype, text_dtype) -> list[dict[str, Any]]:
+def _encode_batch(batch, encoder, text_encoder, latents_dtype, text_dtype, rgb_control=None) -> list[dict[str, Any]]:
     T = _shape(batch[0][1])[0]
     videos = np.stack([np.asarray(c["frames"])[:T] for _, c in batch])
     latents = np.asarray(encoder(videos))
@@ -518,7 +612,8 @@ def _encode_batch(batch, encoder, text_encoder, latents_dtype, text_dtype) -> li
     if texts.ndim != 3 or texts.shape[0] != len(batch):
         raise InputError(f"text_encoder returned shape {texts.shape} for {len(batch)} captions; expected [B, L, D]")
     return [
-        latent_record(c, latents[b], texts[b], source_index=i, latents_dtype=latents_dtype, text_dtype=text_dtype)
+        latent_record(c, latents[b], texts[b], source_index=i, latents_dtype=latents_dtype, text_dtype=text_dtype,
+                      rgb_control=None if rgb_control is None else rgb_control(c))
         for b, (i, c) in enumerate(batch)
     ]
 
@@ -545,6 +640,7 @@ def open_latent_clips(path, split: str = "train"):
 __all__ = [
     "HashedTextEncoder",
     "LatentEncoder",
+    "RGBControlEncoder",
     "VipeFolderSource",
     "exclusion_mask",
     "latent_features",
