@@ -131,12 +131,14 @@ def load_bundle(path) -> SmallBundle:
         vae_cfg, mirage_cfg, depth_cfg, text_cfg = _configs(raw)
     except (ValueError, KeyError, TypeError) as err:
         raise file_error(cfg_path, f"unreadable bundle config: {err}") from err
-    rngs = nnx.Rngs(0)
+    # Factories (built abstractly, nothing initialised just to be overwritten: the eager VAE init
+    # alone took ~28 s on the 2-core CPU); the Mirage model is built for real, as its LoRA index
+    # variables are state that restore_model does not restore.
     modules = dict(
-        vae=restore_model(path / "vae", WanVAE(vae_cfg, rngs=rngs)),
-        mirage=restore_model(path / "mirage", MirageModel(mirage_cfg, rngs=rngs)),
-        depth=restore_model(path / "depth", DepthNet(depth_cfg, rngs=rngs)),
-        text_encoder=restore_model(path / "text_encoder", UMT5Encoder(text_cfg, rngs=rngs)),
+        vae=restore_model(path / "vae", lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(0))),
+        mirage=restore_model(path / "mirage", MirageModel(mirage_cfg, rngs=nnx.Rngs(0))),
+        depth=restore_model(path / "depth", lambda: DepthNet(depth_cfg, rngs=nnx.Rngs(0))),
+        text_encoder=restore_model(path / "text_encoder", lambda: UMT5Encoder(text_cfg, rngs=nnx.Rngs(0))),
     )
     for name, module in modules.items():
         if (n := param_count(module)) != raw["params"][name]:
