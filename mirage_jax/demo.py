@@ -8,8 +8,8 @@ training range recorded in the bundle), and
 generates ``--chunks`` chunks (3: 97 frames) from its first frame along an out-and-back camera
 path (a walk of 49 poses played forwards then backwards, so frame 96 - t is at the pose of
 frame t) with :func:`mirage_jax.generate.rollout.rollout`, twice: with the memory, and with the
-memory off (the control input's readout half zeroed at every chunk: :class:`ZeroReadout`; the
-same model, sampler and seed). Depth for the write-back of generated frames comes from the
+memory off (the control input's readout half zeroed at every chunk:
+``RolloutConfig(read_memory=False)``; the same model, sampler and seed). Depth for the write-back of generated frames comes from the
 bundled depth model; the first frame's depth is the world's exact depth.
 
 Writes into ``--out``: ``video.mp4`` and ``video.gif`` (ground truth | with memory | memory off),
@@ -25,38 +25,20 @@ generated earlier at the same pose: the paper's PSNRc), ``frames``, ``seconds``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from mirage_jax.errors import ConfigError
+from mirage_jax.eval.suite import check_held_out, held_out_seed
 
-__all__ = ["ZeroReadout", "DEMO_SEED", "main", "run_demo"]
-
-from mirage_jax.eval.suite import check_held_out, held_out_seed  # noqa: E402
+__all__ = ["DEMO_SEED", "main", "run_demo"]
 
 DEMO_SEED = held_out_seed(2)  # a held-out world of mirage_jax.eval.suite (training seeds are [0, num_clips))
-
-
-
-class ZeroReadout(nnx.Module):
-    """The memory switched off: wraps a MirageModel and zeroes the readout half of its control
-    input ``[..., readout || score]`` (the score half is kept, as at training time when a
-    sample's readout is dropped)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.config = model.config
-
-    def __call__(self, latents, timestep, text, control, **kwargs):
-        c = self.config.dit.in_channels
-        control = jnp.concatenate([jnp.zeros_like(control[..., :c]), control[..., c:]], axis=-1)
-        return self.model(latents, timestep, text, control, **kwargs)
 
 
 def demo_world(seed: int, image_hw, num_chunks: int, fov_deg: float = 60.0, fps: float = 16.0) -> dict:
@@ -104,14 +86,13 @@ def run_demo(weights="weights/small", out="outputs/demo", *, seed: int = DEMO_SE
     world = demo_world(seed, hw, num_chunks)
     pipe = bundle.pipeline
     text = pipe.encode_text([world["caption"]])
-    net = bundle.depth
-    depth = JaxDepth(lambda images, K: net(images))
+    depth = JaxDepth(pipe.depth_model)
     cfg = RolloutConfig(num_chunks=num_chunks, image_hw=hw)
     sampler = FlowUniPC(num_steps=sampler_steps)
     videos, results = {}, {}
-    for name, model in (("memory", pipe.model), ("memory_off", ZeroReadout(pipe.model))):
-        res = rollout(model, pipe.vae, world["frames"][0], world["K"], world["c2w"], text, first_depth=world["depth"][0],
-                      depth=depth, sampler=sampler, config=cfg)
+    for name, read in (("memory", True), ("memory_off", False)):
+        res = rollout(pipe.model, pipe.vae, world["frames"][0], world["K"], world["c2w"], text, first_depth=world["depth"][0],
+                      depth=depth, sampler=sampler, config=dataclasses.replace(cfg, read_memory=read))
         videos[name], results[name] = res.video, res
         if not quiet:
             print(f"{name}: {res.video.shape[0]} frames, {sum(c['seconds']['total'] for c in res.chunks):.1f} s")

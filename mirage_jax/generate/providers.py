@@ -15,7 +15,8 @@ the reference) passes a plain Python function. Provided here:
 * :class:`RenderedDepth` / :class:`RenderedMask`: ground truth from our renderer
   (:mod:`mirage_jax.data.worlds`) at the requested cameras;
 * :class:`JaxDepth`: a JAX depth model ``fn(images f32[n, H, W, 3] in [0, 1], intrinsics) ->
-  [n, H, W]``, jitted once.
+  [n, H, W]``, jitted once;
+* :class:`NoisyDepth`: another provider's depth with seeded multiplicative noise (ablations).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirage_jax.errors import InputError
+from mirage_jax.errors import ConfigError, InputError
 
-__all__ = ["GeometryDepth", "GeometryMask", "RenderedDepth", "RenderedMask", "JaxDepth"]
+__all__ = ["GeometryDepth", "GeometryMask", "RenderedDepth", "RenderedMask", "JaxDepth", "NoisyDepth"]
 
 
 def _frames_of(table: np.ndarray, frame_index, what: str) -> np.ndarray:
@@ -101,3 +102,27 @@ class JaxDepth:
     def __call__(self, frames, intrinsics, cam2world, frame_index):
         images = jnp.asarray(frames, jnp.float32) / 255.0
         return np.asarray(self.fn(images, jnp.asarray(intrinsics, jnp.float32)), np.float32)
+
+
+class NoisyDepth:
+    """Depth with noise: ``d x exp(e)`` per pixel, ``e ~ N(0, rel_std**2)`` (a log-normal
+    relative error, about ``rel_std`` for small values, never changing the sign), where ``d`` is
+    ``provider``'s depth. Invalid depth (0) stays 0. The noise of pixel frame ``t`` is drawn from
+    ``numpy.random.default_rng([seed, t])``, so a frame gets the same noise in every run and
+    whatever the chunking."""
+
+    def __init__(self, provider: Callable, rel_std: float, seed: int = 0):
+        rel_std = float(rel_std)
+        if not (np.isfinite(rel_std) and rel_std >= 0):
+            raise ConfigError(f"NoisyDepth: rel_std must be a finite number >= 0, got {rel_std}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"NoisyDepth: seed must be an int >= 0, got {seed!r}")
+        self.provider, self.rel_std, self.seed = provider, rel_std, int(seed)
+
+    def __call__(self, frames, intrinsics, cam2world, frame_index):
+        depth = np.asarray(self.provider(frames, intrinsics, cam2world, frame_index), np.float32)
+        idx = np.asarray(frame_index, np.int64).reshape(-1)
+        if depth.ndim != 3 or depth.shape[0] != idx.size:
+            raise InputError(f"NoisyDepth: the provider returned shape {depth.shape} for {idx.size} frames")
+        noise = np.stack([np.random.default_rng([self.seed, int(t)]).standard_normal(depth.shape[1:]) for t in idx])
+        return np.where(depth > 0, depth * np.exp(self.rel_std * noise), depth).astype(np.float32)
