@@ -76,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_target=9, max_reference=2, max_preceding=2, readout_dropout=0.1,
         backbone_steps=2000, stage1_steps=2000, stage2_steps=800,
         backbone_lr=3e-4, stage1_lr=3e-4, stage2_lr=1e-4, checkpoint_every=100))
+    # "latent" = Mirage; "rgb" = the explicit RGB-cache variant (experiments/train_rgb_ablation.py)
+    c.dit.control_source = "latent"
     c.depth = ml_collections.ConfigDict(dict(steps=1500, batch_size=8, learning_rate=2e-3, checkpoint_every=100))
     return c
 
@@ -98,7 +100,7 @@ def trainer_config(c: ml_collections.ConfigDict, stage: int, *, workdir: str, st
     t.sample = ml_collections.ConfigDict(dict(
         num_target=d.num_target, max_reference=d.max_reference, max_preceding=d.max_preceding,
         image_hw=tuple(c.data.image_hw), shift=5.0, text_drop=0.1, readout_dropout=d.readout_dropout,
-        reference_threshold=0.04, voxel_size=0.1))
+        reference_threshold=0.04, voxel_size=0.1, control_source=d.control_source))
     t.optim = ml_collections.ConfigDict(dict(
         learning_rate=learning_rate, b1=0.9, b2=0.999, weight_decay=0.01, clip_norm=1.0, schedule="constant",
         warmup_steps=0, grad_accum=1))

@@ -227,7 +227,8 @@ class Run:
         enc = UMT5Encoder(small_cfg.text_config(), rngs=nnx.Rngs(self.c.text.seed))
         return enc, small.ByteTextEncoder(enc, self.c.text.max_length)
 
-    def latents(self, vae, text):
+    def latents(self, vae, text, rgb_control=None):
+        """Train and held-out latent clip records (+ ``rgb_control`` for the explicit variant)."""
         from mirage_jax.data.latents import LatentEncoder, preprocess
         from mirage_jax.models.mirage import score_latent
 
@@ -242,10 +243,11 @@ class Run:
         # one clip per call on one device (the clips are few and small; no padding copies)
         encoder = LatentEncoder(vae, mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), batch_size=1)
         entry = preprocess(self.clips, path, encoder=encoder, text_encoder=text, split="train", clips_per_shard=16,
-                           settings={"worlds": "configs/small.py", "num_clips": self.c.data.num_clips}, progress=True)
+                           settings={"worlds": "configs/small.py", "num_clips": self.c.data.num_clips}, progress=True,
+                           rgb_control=rgb_control)
         held = [small.world_clip(s, self.c.data) for s in held_out_seeds(self.c)]
         preprocess(held, path, encoder=encoder, text_encoder=text, split="test", clips_per_shard=16,
-                   settings={"worlds": "held-out", "seeds": list(held_out_seeds(self.c))})
+                   settings={"worlds": "held-out", "seeds": list(held_out_seeds(self.c))}, rgb_control=rgb_control)
         self.record("latents", time.perf_counter() - t0, records=sum(s["records"] for s in entry["shards"].values()),
                     done=True)
         return path, consts
@@ -284,14 +286,13 @@ class Run:
     def _dit_heldout(self, trainer, data, consts) -> float:
         """Flow-matching loss on the held-out worlds' latents (fixed key, every sample averaged)."""
         from mirage_jax.data.latents import open_latent_clips
-        from mirage_jax.train.sample import CLIP_KEYS
         from mirage_jax.train.step import flow_loss
 
+        cfg = trainer.run_config.sample
         src = open_latent_clips(data, "test")
-        batch = {k: jnp.stack([jnp.asarray(src[i][k], jnp.float32) for i in range(len(src))]) for k in CLIP_KEYS}
+        batch = {k: jnp.stack([jnp.asarray(src[i][k], jnp.float32) for i in range(len(src))]) for k in cfg.clip_keys}
         batch["exclude"] = batch["exclude"].astype(bool)
         model = trainer.state.model
-        cfg = trainer.run_config.sample
         score, empty = jnp.asarray(np.load(consts[0])), jnp.asarray(np.load(consts[1]))
         fn = nnx.jit(lambda m, b, k: flow_loss(m, b, score, empty, k, cfg, train=False)[0])
         return float(np.mean([float(fn(model, batch, jax.random.key(100 + i))) for i in range(4)]))
