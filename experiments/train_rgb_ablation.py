@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     from mirage_jax.data.latents import RGBControlEncoder
 
-    data, consts = run.latents(vae, text, RGBControlEncoder(vae, num_target=d.num_target, max_preceding=d.max_preceding))
+    rgb_control = RGBControlEncoder(vae, num_target=d.num_target, max_preceding=d.max_preceding)
+    data, consts = run.latents(vae, text, rgb_control)
     run.dit_part("stage1", 1, run.steps(budget["stage1"]["steps"], "stage1"), budget["stage1"]["learning_rate"], data,
                  consts, init_backbone=str((workdir / "backbone_dit").absolute()))
     trainer = run.dit_part("stage2", 2, run.steps(budget["stage2"]["steps"], "stage2"),

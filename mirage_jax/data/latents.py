@@ -317,7 +317,8 @@ class RGBControlEncoder:
         from mirage_jax.models.mirage.rgb_control import encode_views
 
         if vae.config.temporal_ratio != LATENT_STRIDE:
-            raise ConfigError(f"the VAE's temporal ratio {vae.config.temporal_ratio} is not the records' {LATENT_STRIDE}")
+            raise ConfigError(
+                f"the VAE's temporal ratio {vae.config.temporal_ratio} is not the records' {LATENT_STRIDE}")
         self.num_target, self.max_preceding = int(num_target), int(max_preceding)
         graphdef, self._state = nnx.split(vae)
         T = self.num_target

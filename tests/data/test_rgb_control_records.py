@@ -59,7 +59,8 @@ def test_rendering_frame_4j_at_its_own_camera_is_the_frame_where_nothing_is_excl
 
 def test_preceding_latents_before_the_clip_are_zero(setup):
     vae, clip, _, _ = setup
-    out = L.RGBControlEncoder(vae, num_target=5, max_preceding=2, compiler_options=FAST_COMPILE)(clip)  # F - T = 1: start 1 only
+    # F - T = 1: start 1 only
+    out = L.RGBControlEncoder(vae, num_target=5, max_preceding=2, compiler_options=FAST_COMPILE)(clip)
     assert out.shape == (1, 5 + 2, 2, 2, vae.config.z_dim)
     np.testing.assert_array_equal(out[0, 5], 0.0)  # latent -1
     assert np.abs(out[0, 6]).max() > 0  # latent 0

@@ -32,7 +32,8 @@ def test_the_latent_run_is_required_and_named(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"parts": {"vae": {"done": True}, "backbone": {"done": True}}}))
     with pytest.raises(SystemExit, match=r"not finished \['depth'\]"):
         driver.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")])
-    (tmp_path / "report.json").write_text(json.dumps({"parts": {p: {"done": True} for p in ("vae", "backbone", "depth")}}))
+    done = {p: {"done": True} for p in ("vae", "backbone", "depth")}
+    (tmp_path / "report.json").write_text(json.dumps({"parts": done}))
     with pytest.raises(SystemExit, match="backbone_dit: missing"):
         driver.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")])
 
@@ -70,7 +71,8 @@ def tiny_latent_run(tmp_path_factory):
     report = {"settings": {"num_clips": 1, "scale": 0.5}, "parts": {
         "vae": {"done": True, "config": json.loads(json.dumps(dataclasses.asdict(vae_cfg)))},
         "backbone": {"done": True}, "depth": {"done": True},
-        "stage1": {"done": True, "steps": 4, "learning_rate": 1e-3}, "stage2": {"done": True, "steps": 2, "learning_rate": 5e-4}}}
+        "stage1": {"done": True, "steps": 4, "learning_rate": 1e-3},
+        "stage2": {"done": True, "steps": 2, "learning_rate": 5e-4}}}
     (work / "report.json").write_text(json.dumps(report))
     out = tmp_path_factory.mktemp("bundle")
     assert driver.main(["--workdir", str(work), "--out", str(out), "--scale", "0.5"]) == 0

@@ -28,7 +28,8 @@ def run():
     clip = make_clip(5, HW, 33 + 32 * (LATENT_CHUNKS - 1), kind="indoor")
     pipe = tiny_pipeline(0)
     text = pipe.encode_text("a room")
-    kw = dict(depth=GeometryDepth(clip["depth"]), mask=GeometryMask(~clip["dynamic_mask"]), sampler=FlowEuler(num_steps=2))
+    kw = dict(depth=GeometryDepth(clip["depth"]), mask=GeometryMask(~clip["dynamic_mask"]),
+              sampler=FlowEuler(num_steps=2))
     args = (pipe.model, pipe.vae, text, clip["intrinsics"][0], clip["cam2world"])
     first = (clip["frames"][0], clip["depth"][0], clip["dynamic_mask"][0])
     before = dict(TRACE_COUNTS)

@@ -18,7 +18,8 @@ def _batch(cfg, n=6):
     J = len(target_starts(F, cfg.num_target, cfg.max_preceding))
     # entry (b, jj, e) is the constant 1000 b + 100 jj + e + 1 (never 0): which one landed where is readable
     code = 1000 * np.arange(n)[:, None, None] + 100 * np.arange(J)[None, :, None] + np.arange(cfg.num_control) + 1
-    batch["rgb_control"] = np.broadcast_to(code[..., None, None, None], (n, J, cfg.num_control, *HW, C)).astype(np.float32)
+    shape = (n, J, cfg.num_control, *HW, C)
+    batch["rgb_control"] = np.broadcast_to(code[..., None, None, None], shape).astype(np.float32)
     return batch
 
 

@@ -57,7 +57,8 @@ def encode_views(vae, cache, intrinsics, target_c2w, preceding_c2w, image_hw, *,
       preceding camera; hit bool[n + P, H, W] the rendered pixels).
     """
     if cache.channels != 3 or jnp.dtype(cache.dtype) != jnp.uint8:
-        raise InputError(f"cache: expected an RGB cache of uint8 colours, got {cache.channels} channels of {cache.dtype}")
+        raise InputError(
+            f"cache: expected an RGB cache of uint8 colours, got {cache.channels} channels of {cache.dtype}")
     n, P = target_c2w.shape[0], preceding_c2w.shape[0]
     ratio = vae.config.temporal_ratio
     if n < 1 or (n - 1) % ratio:
