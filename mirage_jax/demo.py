@@ -4,13 +4,14 @@
 
 Loads the bundle of ``make train-small`` (:func:`mirage_jax.small.load_bundle`), samples a
 held-out indoor world (a seed of :mod:`mirage_jax.eval.suite`'s reserved range, outside the
-training range recorded in the bundle), and
-generates ``--chunks`` chunks (3: 97 frames) from its first frame along an out-and-back camera
-path (a walk of 49 poses played forwards then backwards, so frame 96 - t is at the pose of
-frame t) with :func:`mirage_jax.generate.rollout.rollout`, twice: with the memory, and with the
-memory off (the control input's readout half zeroed at every chunk:
-``RolloutConfig(read_memory=False)``; the same model, sampler and seed). Depth for the write-back of generated frames comes from the
-bundled depth model; the first frame's depth is the world's exact depth.
+training range recorded in the bundle), and generates ``--chunks`` chunks (3: 97 frames) from
+its first frame along an out-and-back camera path (a walk of 49 poses played forwards then
+backwards, so frame 96 - t is at the pose of frame t) with
+:func:`mirage_jax.generate.rollout.rollout`, twice: with the memory, and with the memory off
+(the control input's readout half zeroed at every chunk: ``RolloutConfig(read_memory=False)``;
+the same model, sampler and seed). Depth for the write-back of generated frames comes from the
+bundled depth model (the pipeline's ``depth_model``); the first frame's depth is the world's
+exact depth.
 
 Writes into ``--out``: ``video.mp4`` and ``video.gif`` (ground truth | with memory | memory off),
 ``frames/`` (the side-by-side frames), ``memory.ply`` (the memory of the run with memory),
@@ -91,8 +92,9 @@ def run_demo(weights="weights/small", out="outputs/demo", *, seed: int = DEMO_SE
     sampler = FlowUniPC(num_steps=sampler_steps)
     videos, results = {}, {}
     for name, read in (("memory", True), ("memory_off", False)):
-        res = rollout(pipe.model, pipe.vae, world["frames"][0], world["K"], world["c2w"], text, first_depth=world["depth"][0],
-                      depth=depth, sampler=sampler, config=dataclasses.replace(cfg, read_memory=read))
+        res = rollout(pipe.model, pipe.vae, world["frames"][0], world["K"], world["c2w"], text,
+                      first_depth=world["depth"][0], depth=depth, sampler=sampler,
+                      config=dataclasses.replace(cfg, read_memory=read))
         videos[name], results[name] = res.video, res
         if not quiet:
             print(f"{name}: {res.video.shape[0]} frames, {sum(c['seconds']['total'] for c in res.chunks):.1f} s")

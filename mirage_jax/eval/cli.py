@@ -5,16 +5,24 @@ written as ``results.json`` and ``results.md`` in ``--out``.
 
 ``--worlds N`` takes the first N of the 8 held-out worlds; ``--trajectories`` is ``all`` or a
 comma-separated list of path types (out_and_back, orbit, pan) or entry names (``w0-indoor-pan``).
-Depth for the memory's write-back is the renderer's exact depth (``--depth gt``) or a JAX depth
-model (``--depth model --depth-model module:function``, which is then also scored by AbsRel).
-Bad arguments print one line ``mirage-jax evaluate: error: ...`` and exit with status 2 before
-any model is built.
+Depth for the memory's write-back is the renderer's exact depth (``--depth gt``), that depth with
+seeded log-normal noise (``--depth noisy-gt --depth-noise 0.1``) or a JAX depth model
+(``--depth model``: the checkpoint's own, as a small-model bundle's, or ``--depth-model
+module:function``; it is then also scored by AbsRel). The memory options are those of
+:class:`~mirage_jax.generate.rollout.RolloutConfig`: ``--memory off`` zeroes the readout
+(references are still retrieved; ``--max-reference 0`` turns them off), ``--memory-capacity`` /
+``--memory-policy`` / ``--memory-voxel`` bound the memory. Every option lands in
+``results.json``'s ``settings``; every trajectory records the memory's bytes (final and peak) and
+the readout coverage per chunk. A small-model bundle (``weights/small``) is trained on rooms: use
+``--kinds indoor``. Bad arguments print one line ``mirage-jax evaluate: error: ...`` and exit
+with status 2 before any model is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 from mirage_jax.errors import MirageError
@@ -34,8 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="sampler steps")
     p.add_argument("--sampler", choices=("unipc", "euler"), default="unipc")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--depth", choices=("gt", "model"), default="gt", help="depth of generated frames for the memory")
-    p.add_argument("--depth-model", help="--depth model: module:function, a JAX fn(images [n,H,W,3] in [0,1], K) -> [n,H,W]")
+    p.add_argument("--depth", choices=("gt", "model", "noisy-gt"), default="gt",
+                   help="depth of generated frames for the memory")
+    p.add_argument("--depth-model", help="--depth model: module:function, a JAX fn(images [n,H,W,3] in [0,1], K) -> "
+                   "[n,H,W] (default: the checkpoint's own depth model)")
+    p.add_argument("--depth-noise", type=float, default=None,
+                   help="--depth noisy-gt: relative std of the log-normal noise (default 0.1)")
+    p.add_argument("--memory", choices=("on", "off"), default="on", help="off: zero readout (the model does not read)")
+    p.add_argument("--memory-capacity", type=int, default=None, help="memory point slots (default: unbounded)")
+    p.add_argument("--memory-policy", choices=("ring", "fuse"), default="ring", help="eviction / fusion of a full memory")
+    p.add_argument("--memory-voxel", type=float, default=None, help="--memory-policy fuse: voxel edge (default 0.05)")
+    p.add_argument("--max-reference", type=int, default=4, help="retrieved reference latents per chunk (0: none)")
     p.add_argument("--worldscore", action="store_true", help="also write each video in the WorldScore layout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -57,6 +74,8 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def _prepare(args):
     from mirage_jax.eval import suite as S
+    from mirage_jax.generate.pipeline import check_checkpoint
+    from mirage_jax.generate.rollout import RolloutConfig
 
     if args.chunks < 1:
         raise _UsageError(f"--chunks must be >= 1, got {args.chunks}")
@@ -70,27 +89,48 @@ def _prepare(args):
     entries = S.select(entries, wanted)
     if not entries:
         raise _UsageError(f"--trajectories {args.trajectories!r} selects nothing in the first {args.worlds} worlds")
+    files = check_checkpoint(args.checkpoint)  # the layout, before any weight is read
     depth_fn = None
     if args.depth == "model":
-        if not args.depth_model or ":" not in args.depth_model:
-            raise _UsageError("--depth model needs --depth-model module:function")
-        mod, fn = args.depth_model.split(":", 1)
-        try:
-            depth_fn = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise _UsageError(f"--depth-model {args.depth_model}: cannot import ({e})") from None
+        if args.depth_model:
+            if ":" not in args.depth_model:
+                raise _UsageError(f"--depth-model {args.depth_model!r}: expected module:function")
+            mod, fn = args.depth_model.split(":", 1)
+            try:
+                depth_fn = getattr(importlib.import_module(mod), fn)
+            except (ImportError, AttributeError) as e:
+                raise _UsageError(f"--depth-model {args.depth_model}: cannot import ({e})") from None
+        elif not files.get("depth_model"):
+            raise _UsageError(f"--depth model: the checkpoint {args.checkpoint} has no depth model of its own; "
+                              "give --depth-model module:function")
     elif args.depth_model:
         raise _UsageError("--depth-model needs --depth model")
-    from mirage_jax.generate.pipeline import check_checkpoint
-
-    check_checkpoint(args.checkpoint)  # the layout, before any weight is read
-    return hw, entries, depth_fn
+    if args.depth_noise is not None and args.depth != "noisy-gt":
+        raise _UsageError("--depth-noise needs --depth noisy-gt")
+    depth_noise = (0.1 if args.depth_noise is None else args.depth_noise) if args.depth == "noisy-gt" else None
+    if depth_noise is not None and not (math.isfinite(depth_noise) and depth_noise >= 0):
+        raise _UsageError(f"--depth-noise must be a finite number >= 0, got {depth_noise}")
+    if args.memory_voxel is not None and args.memory_policy != "fuse":
+        raise _UsageError("--memory-voxel needs --memory-policy fuse")
+    if args.memory_capacity is not None and args.memory_capacity < 1:
+        raise _UsageError(f"--memory-capacity must be >= 1, got {args.memory_capacity}")
+    options = dict(read_memory=args.memory == "on", memory_capacity=args.memory_capacity,
+                   memory_policy=args.memory_policy, max_reference=args.max_reference)
+    if args.memory_voxel is not None:
+        options["memory_voxel"] = args.memory_voxel
+    RolloutConfig(num_chunks=args.chunks, image_hw=hw, seed=args.seed, **options)  # ConfigError names a bad value
+    settings = dict(checkpoint=args.checkpoint, kinds=args.kinds, trajectories=args.trajectories, steps=args.steps,
+                    sampler=args.sampler, seed=args.seed, memory=args.memory, memory_capacity=args.memory_capacity,
+                    memory_policy=args.memory_policy, memory_voxel=args.memory_voxel, max_reference=args.max_reference,
+                    depth=args.depth, depth_model=args.depth_model if args.depth_model else
+                    ("checkpoint" if args.depth == "model" else None), depth_noise=depth_noise)
+    return hw, entries, depth_fn, depth_noise, options, settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        hw, entries, depth_fn = _prepare(args)
+        hw, entries, depth_fn, depth_noise, options, settings = _prepare(args)
     except (_UsageError, MirageError) as e:
         print(f"mirage-jax evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -99,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     from mirage_jax.generate.pipeline import load_pipeline
 
     pipe = load_pipeline(args.checkpoint, seed=0)
+    if args.depth == "model" and depth_fn is None:
+        depth_fn = pipe.depth_model  # the checkpoint's own (check_checkpoint found it)
     sampler = (FlowUniPC if args.sampler == "unipc" else FlowEuler)(num_steps=args.steps)
-    generate = S.rollout_generate_fn(pipe, chunks=args.chunks, sampler=sampler, seed=args.seed, depth_fn=depth_fn)
+    generate = S.rollout_generate_fn(pipe, chunks=args.chunks, sampler=sampler, seed=args.seed, depth_fn=depth_fn,
+                                     depth_noise=depth_noise, **options)
     report = S.evaluate(generate, entries, image_hw=hw, chunks=args.chunks, out=args.out, depth_fn=depth_fn,
                         worldscore=args.worldscore, label=f"{pipe.name}, {args.steps} {args.sampler} steps",
-                        progress=not args.quiet)
+                        progress=not args.quiet, settings=settings)
     print(S.markdown_table(report), end="")
     print(f"wrote {args.out}/results.json and results.md ({len(entries)} trajectories)")
     return 0

@@ -24,8 +24,10 @@ the input, is left out), closed-loop PSNR on the frames where the camera returns
 earlier generated frame and against the truth), the 3D-consistency error of generated frame
 pairs one latent apart (4 frames) warped with ground-truth depth and poses (with the same error
 of the ground-truth frames beside it: the warp's own resampling floor), and the AbsRel of a
-depth model when one is given. Moving objects are left out of the closed-loop and consistency
-comparisons (they are not expected to stay put). It writes ``results.json`` and ``results.md``.
+depth model when one is given, and, for :func:`rollout_generate_fn`'s rollouts, the memory's
+bytes (final and peak over chunks) and the readout coverage per chunk. Moving objects are left
+out of the closed-loop and consistency comparisons (they are not expected to stay put). It
+writes ``results.json`` and ``results.md``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ import numpy as np
 
 from mirage_jax.errors import InputError
 from mirage_jax.eval import metrics as M
+from mirage_jax.geometry.trajectories import num_frames_for_chunks
 
 __all__ = [
+    "aggregate_table",
+    "json_safe",
     "markdown_table",
     "HELD_OUT_SEED_COUNT",
     "HELD_OUT_SEED_START",
@@ -59,6 +64,7 @@ __all__ = [
     "is_held_out",
     "render_instance",
     "rollout_generate_fn",
+    "rollout_record",
     "select",
 ]
 
@@ -69,6 +75,7 @@ SUITE_SEED = 20_251_010
 NUM_WORLDS = 8
 PATH_TYPES = ("out_and_back", "orbit", "pan")
 CONSISTENCY_STRIDE = 4  # one latent frame apart
+_MEMORY_FIELDS = ("memory_bytes_held", "memory_bytes_peak", "memory_points", "readout_coverage")
 
 
 def is_held_out(seed: int) -> bool:
@@ -194,7 +201,6 @@ def render_instance(entry: SuiteEntry, image_hw, chunks: int = 1, fps: float = 1
     """Renders an entry's ground truth for a rollout of ``chunks`` chunks (33 + 32 (chunks - 1)
     frames) at ``image_hw``."""
     from mirage_jax.data.worlds import caption, intrinsics_from_fov, random_trajectory, render_frames, sample_scene
-    from mirage_jax.geometry.trajectories import num_frames_for_chunks
 
     check_held_out(entry.scene_seed, f"{entry.name}: scene seed")
     T = num_frames_for_chunks(chunks)
@@ -219,28 +225,46 @@ def render_instance(entry: SuiteEntry, image_hw, chunks: int = 1, fps: float = 1
 
 
 def rollout_generate_fn(pipeline, *, chunks: int = 1, sampler=None, seed: int = 42, depth_fn=None,
-                        masks: bool = True, **rollout_options) -> Callable[[Instance], np.ndarray]:
+                        depth_noise: float | None = None, masks: bool = True,
+                        **rollout_options) -> Callable[[Instance], np.ndarray]:
     """A generator for :func:`evaluate` from a :class:`~mirage_jax.generate.pipeline.Pipeline`:
     the chunked rollout with the memory (:class:`~mirage_jax.generate.rollout.Rollout`) from the
     instance's first frame, cameras and caption.
 
-    Depth for write-back is the renderer's exact depth, or ``depth_fn`` (a JAX depth model
-    ``fn(images [n, H, W, 3] in [0, 1], K [n, 3, 3]) -> [n, H, W]``) on the generated frames;
-    with ``masks`` the dynamic objects and the sky are not written (spec 2).
-    ``rollout_options`` go to :class:`~mirage_jax.generate.rollout.RolloutConfig`.
+    Depth for write-back (the first frame's included) is the renderer's exact depth; with
+    ``depth_noise`` that depth times seeded log-normal noise of that relative size
+    (:class:`~mirage_jax.generate.providers.NoisyDepth`, seeded by ``seed``); or ``depth_fn`` (a
+    JAX depth model ``fn(images [n, H, W, 3] in [0, 1], K [n, 3, 3]) -> [n, H, W]``) on the
+    generated frames. With ``masks`` the dynamic objects and the sky are not written (spec 2).
+    ``rollout_options`` go to :class:`~mirage_jax.generate.rollout.RolloutConfig` (e.g.
+    ``read_memory``, ``memory_capacity``, ``memory_policy``, ``max_reference``).
+
+    The returned function keeps the last rollout's
+    :class:`~mirage_jax.generate.rollout.RolloutResult` as its ``last_result`` attribute, which
+    :func:`evaluate` turns into the memory figures of the trajectory (:func:`rollout_record`).
     """
     from mirage_jax.generate import providers
     from mirage_jax.generate.rollout import Rollout, RolloutConfig
 
+    if depth_fn is not None and depth_noise is not None:
+        raise InputError("rollout_generate_fn: depth_fn (a depth model) and depth_noise (noisy exact depth) exclude "
+                         "each other")
+    RolloutConfig(num_chunks=chunks, seed=seed, **rollout_options)  # bad options fail here, not at the first instance
+
+    model_depth = None if depth_fn is None else providers.JaxDepth(depth_fn)  # jitted once for every instance
+
     def generate(inst: Instance) -> np.ndarray:
+        generate.last_result = None
         cfg = RolloutConfig(num_chunks=chunks, image_hw=inst.image_hw, seed=seed, **rollout_options)
-        if depth_fn is None:
-            depth = providers.RenderedDepth(inst.scene, inst.image_hw, inst.fps)
-            first_depth = inst.depth[0]
-        else:
-            depth = providers.JaxDepth(depth_fn)
-            first_depth = depth(inst.frames[:1], inst.intrinsics[None], inst.cam2world[:1], np.zeros(1, int))[0]
-        mask = providers.RenderedMask(inst.scene, inst.image_hw, inst.fps) if masks else None
+        depth = model_depth
+        if depth is None:
+            depth = providers.GeometryDepth(inst.depth, f"{inst.entry.name}: rendered depth")
+            if depth_noise is not None:
+                depth = providers.NoisyDepth(depth, depth_noise, seed)
+        first_depth = depth(inst.frames[:1], inst.intrinsics[None], inst.cam2world[:1], np.zeros(1, int))[0]
+        mask = None
+        if masks:
+            mask = providers.GeometryMask(~(inst.dynamic | inst.sky), f"{inst.entry.name}: rendered masks")
         first_exclude = (inst.dynamic[0] | inst.sky[0]) if masks else None
         text = pipeline.encode_text([inst.caption])
         r = Rollout(pipeline.model, pipeline.vae, text, inst.intrinsics, inst.cam2world, depth=depth, mask=mask,
@@ -248,9 +272,24 @@ def rollout_generate_fn(pipeline, *, chunks: int = 1, sampler=None, seed: int = 
         r.init(inst.frames[0], first_depth, first_exclude)
         for _ in range(chunks):
             r.chunk()
-        return r.result().video
+        generate.last_result = r.result()
+        return generate.last_result.video
 
+    generate.last_result = None
     return generate
+
+
+def rollout_record(result) -> dict:
+    """The memory figures of a :class:`~mirage_jax.generate.rollout.RolloutResult`: bytes held by
+    the final memory and the peak over chunks (:func:`~mirage_jax.generate.rollout.memory_bytes`),
+    points held, and the readout coverage of each chunk (the fraction of target cells the memory
+    covered)."""
+    from mirage_jax.generate.rollout import memory_bytes
+
+    held = [c["memory_bytes"]["held"] for c in result.chunks]
+    final = memory_bytes(result.memory)["held"]
+    return dict(memory_bytes_held=final, memory_bytes_peak=max(held + [final]), memory_points=int(result.memory.count),
+                readout_coverage=[float(c["readout_coverage"]) for c in result.chunks])
 
 
 def _mean(xs):
@@ -296,6 +335,8 @@ _TABLE = (  # (key, header, format)
     ("consistency_mse", "3D-cons. MSE", "{:.5f}"),
     ("consistency_mse_gt", "(GT floor)", "{:.5f}"),
     ("depth_abs_rel", "depth AbsRel", "{:.3f}"),
+    ("memory_bytes_held", "memory MiB", lambda v: f"{v / 2**20:.2f}"),
+    ("memory_bytes_peak", "(peak)", lambda v: f"{v / 2**20:.2f}"),
     ("seconds", "s", "{:.1f}"),
 )
 
@@ -310,29 +351,46 @@ def _aggregate(rows: list[dict]) -> dict:
 def _fmt(v, fmt):
     if v is None:
         return "-"
-    return fmt.format(v) if math.isfinite(v) else str(v)
+    if not math.isfinite(v):
+        return str(v)
+    return fmt(v) if callable(fmt) else fmt.format(v)
+
+
+def _table_head(first: str, second: str) -> list[str]:
+    head = [first, second] + [h for _, h, _ in _TABLE]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def _table_line(name: str, second, values: dict) -> str:
+    return "| " + " | ".join([name, str(second)] + [_fmt(values[k], f) for k, _, f in _TABLE]) + " |"
 
 
 def markdown_table(report: dict) -> str:
     """The report as a markdown table: one row per trajectory, then the means per path type
     and over everything."""
-    head = ["trajectory", "frames"] + [h for _, h, _ in _TABLE]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["trajectories"]:
-        lines.append("| " + " | ".join([r["name"], str(r["frames"])] + [_fmt(r[k], f) for k, _, f in _TABLE]) + " |")
+    lines = _table_head("trajectory", "frames")
+    lines += [_table_line(r["name"], r["frames"], r) for r in report["trajectories"]]
     for label, agg in list(report["by_path"].items()) + [("**all**", report["aggregate"])]:
         name = label if label.startswith("**") else f"mean {label}"
-        lines.append("| " + " | ".join([name, str(agg["trajectories"])] + [_fmt(agg[k], f) for k, _, f in _TABLE]) + " |")
+        lines.append(_table_line(name, agg["trajectories"], agg))
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(x):
+def aggregate_table(reports: dict) -> str:
+    """Several :func:`evaluate` reports side by side (name -> report): one line per report with
+    its aggregate (means over its trajectories), in the columns of :func:`markdown_table`."""
+    lines = _table_head("run", "trajectories")
+    lines += [_table_line(name, rep["aggregate"]["trajectories"], rep["aggregate"]) for name, rep in reports.items()]
+    return "\n".join(lines) + "\n"
+
+
+def json_safe(x):
     """JSON without NaN / Infinity literals (not JSON): non-finite floats become "inf", "-inf",
     "nan" strings."""
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else str(float(x))
     if isinstance(x, np.integer):
@@ -342,23 +400,28 @@ def _json_safe(x):
 
 def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(128, 128), chunks: int = 1,
              out=None, depth_fn=None, worldscore: bool = False, label: str = "", progress: bool = True,
-             **criteria) -> dict:
+             settings: dict | None = None, **criteria) -> dict:
     """Runs ``generate_fn`` on every suite entry and measures it against the ground truth.
 
     Args:
       generate_fn: ``fn(instance: Instance) -> uint8 [T, H, W, 3]`` the generated video for the
-        instance's first frame, cameras and caption (:func:`rollout_generate_fn`).
-      suite: SuiteEntry sequence (:func:`heldout_suite`, :func:`select`).
+        instance's first frame, cameras and caption (:func:`rollout_generate_fn`). If it has a
+        ``last_result`` attribute (a RolloutResult, set by each call), the trajectory's row also
+        gets :func:`rollout_record`'s memory figures (else they are None).
+      suite: SuiteEntry sequence (:func:`heldout_suite`, :func:`select`), or Instances already
+        rendered at ``image_hw`` and ``chunks`` (:func:`render_instance`; to run several
+        generators on one rendering).
       image_hw, chunks: the rendering size and the rollout length (33 + 32 (chunks - 1) frames).
       out: folder for ``results.json`` and ``results.md`` (and, with ``worldscore``, the
         WorldScore layout of each generated video under ``worldscore/<name>/``).
       depth_fn: optional JAX depth model ``fn(images [n, H, W, 3] in [0, 1], K [n, 3, 3]) ->
         [n, H, W]``, scored by AbsRel on every 4th ground-truth frame.
+      settings: more entries for the report's ``settings`` (the generator's options).
       criteria: :func:`~mirage_jax.eval.metrics.revisit_pairs`' thresholds.
 
     Returns:
       dict(label, settings, trajectories: one dict per entry (metrics, per-frame PSNR, loop
-      pairs, seconds of generate_fn: the first includes compilation), by_path: means per path
+      pairs, memory figures, seconds of generate_fn: the first includes compilation), by_path: means per path
       type, aggregate: means over trajectories
       (metrics a trajectory lacks, e.g. PSNRc without a revisit, are left out of the mean)).
     """
@@ -372,9 +435,18 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
     if set(criteria) - set(defaults):
         raise InputError(f"evaluate: unknown revisit criteria {sorted(set(criteria) - set(defaults))}; "
                          f"known: {sorted(defaults)}")
+    frames = num_frames_for_chunks(chunks)
     rows = []
-    for entry in tqdm(suite, desc="evaluate", unit="trajectory", disable=not progress):
-        inst = render_instance(entry, image_hw, chunks)
+    for item in tqdm(suite, desc="evaluate", unit="trajectory", disable=not progress):
+        if isinstance(item, Instance):
+            inst = item
+            if inst.image_hw != tuple(image_hw) or inst.frames.shape[0] != frames:
+                raise InputError(f"evaluate: instance {inst.entry.name} is {inst.frames.shape[0]} frames of "
+                                 f"{inst.image_hw[0]}x{inst.image_hw[1]}; expected {frames} ({chunks} chunks) of "
+                                 f"{image_hw[0]}x{image_hw[1]}")
+        else:
+            inst = render_instance(item, image_hw, chunks)
+        entry = inst.entry
         t0 = time.perf_counter()
         video = np.asarray(generate_fn(inst))
         seconds = time.perf_counter() - t0
@@ -382,6 +454,8 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
             raise InputError(f"evaluate: generate_fn returned {video.dtype} {list(video.shape)} for {entry.name}; "
                              f"expected uint8 {list(inst.frames.shape)}")
         rec = _evaluate_instance(inst, video, depth_fn, criteria)
+        last = getattr(generate_fn, "last_result", None)
+        rec.update(rollout_record(last) if last is not None else dict.fromkeys(_MEMORY_FIELDS))
         rec["seconds"] = seconds
         rows.append(rec)
         if out is not None and worldscore:
@@ -390,11 +464,14 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
             write_instance(Path(out) / "worldscore" / entry.name, video, inst.intrinsics, inst.cam2world,
                            input_image=inst.frames[0], prompt=inst.caption, shift_principal_point=True)
     by_path = {p: _aggregate([r for r in rows if r["path"] == p]) for p in PATH_TYPES if any(r["path"] == p for r in rows)}
+    base = dict(image_hw=list(image_hw), chunks=chunks, frames=rows[0]["frames"],
+                held_out_seeds=[HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.stop], suite_seed=SUITE_SEED,
+                consistency_stride=CONSISTENCY_STRIDE, revisit_criteria={**defaults, **criteria})
+    if clash := sorted(set(settings or {}) & set(base)):
+        raise InputError(f"evaluate: settings {clash} are evaluate's own")
     report = dict(
         label=label,
-        settings=dict(image_hw=list(image_hw), chunks=chunks, frames=rows[0]["frames"],
-                      held_out_seeds=[HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.stop], suite_seed=SUITE_SEED,
-                      consistency_stride=CONSISTENCY_STRIDE, revisit_criteria={**defaults, **criteria}),
+        settings={**base, **(settings or {})},
         trajectories=rows,
         by_path=by_path,
         aggregate=_aggregate(rows),
@@ -402,7 +479,7 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+        (out / "results.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
         title = f"# Evaluation{': ' + label if label else ''}\n\n"
         (out / "results.md").write_text(title + markdown_table(report))
     return report

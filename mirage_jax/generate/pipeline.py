@@ -154,7 +154,8 @@ def load_pipeline(spec: str, seed: int = 0, *, runtime=None, text_len: int = 512
         from mirage_jax.small import load_bundle
 
         if runtime is not None:
-            raise ConfigError(f"--checkpoint {spec}: a small-model bundle loads with its own runtime; got runtime={runtime!r}")
+            raise ConfigError(f"--checkpoint {spec}: a small-model bundle loads with its own runtime; "
+                              f"got runtime={runtime!r}")
         return load_bundle(spec).pipeline
     single = f["model"].suffix == ".safetensors"
     _, model = load_mirage(f["model"], f["control"], f["lora"], config="wan22_ti2v_5b" if single else None,

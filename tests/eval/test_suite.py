@@ -125,15 +125,26 @@ def test_worldscore_instance(tmp_path):
 def test_cli_random_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "eval"
     rc = mirage_main(["evaluate", "--checkpoint", "random:tiny", "--worlds", "1", "--trajectories", "orbit,pan",
-                      "--image-size", "32x32", "--steps", "1", "--sampler", "euler", "--out", str(out), "--quiet"])
+                      "--image-size", "32x32", "--steps", "1", "--sampler", "euler", "--out", str(out), "--quiet",
+                      "--memory-capacity", "6", "--memory-policy", "fuse", "--memory-voxel", "0.2",
+                      "--max-reference", "1", "--depth", "noisy-gt", "--depth-noise", "0.2"])
     assert rc == 0
     rep = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in rep["trajectories"]] == ["w0-indoor-orbit", "w0-indoor-pan"]
+    per_point = 12 + 4 * 4 + 9  # xyz f32, 4 latent channels f32, valid + step + weight
     for r in rep["trajectories"]:
         assert math.isfinite(r["psnr"]) and 0 < r["psnr"] < 40  # random weights: noise, not the truth
         assert r["closed_loop_pairs"] and math.isfinite(r["closed_loop_psnr_vs_gt"])
         assert r["consistency_mse"] > r["consistency_mse_gt"]
-    assert "random:tiny" in rep["label"] and "| **all** | 2 |" in capsys.readouterr().out
+        # the bounded memory: at most 6 points, whatever the rollout wrote
+        assert 0 < r["memory_bytes_held"] <= r["memory_bytes_peak"] <= 6 * per_point
+        assert r["memory_points"] <= 6 and len(r["readout_coverage"]) == 1
+    s = rep["settings"]
+    assert (s["memory"], s["memory_capacity"], s["memory_policy"], s["memory_voxel"], s["max_reference"]) == \
+        ("on", 6, "fuse", 0.2, 1)
+    assert (s["depth"], s["depth_noise"], s["depth_model"], s["chunks"]) == ("noisy-gt", 0.2, None, 1)
+    printed = capsys.readouterr().out
+    assert "random:tiny" in rep["label"] and "| **all** | 2 |" in printed and "memory MiB" in printed
 
 
 @pytest.mark.parametrize("args, match", [
@@ -142,10 +153,23 @@ def test_cli_random_tiny_end_to_end(tmp_path, capsys):
     (["--trajectories", "zigzag"], "unknown trajectories"),
     (["--image-size", "30x32"], "multiples of 16"),
     (["--checkpoint", "nowhere/ckpt"], "random:tiny"),
-    (["--depth", "model"], "--depth-model"),
+    (["--depth", "model"], "no depth model of its own"),
+    (["--depth-model", "x:y"], "--depth-model needs --depth model"),
+    (["--depth-noise", "0.1"], "--depth-noise needs --depth noisy-gt"),
+    (["--depth", "noisy-gt", "--depth-noise", "-0.1"], "--depth-noise must be"),
+    (["--memory-voxel", "0.1"], "--memory-voxel needs --memory-policy fuse"),
+    (["--memory-capacity", "0"], "--memory-capacity must be >= 1"),
+    (["--memory-policy", "fuse", "--memory-voxel", "-1"], "voxel"),
+    (["--max-reference", "-1"], "max_reference"),
+    (["--memory", "maybe"], None),
 ])
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, match):
     argv = ["evaluate", "--checkpoint", "random:tiny", "--out", str(tmp_path)]
+    if match is None:  # argparse's own choices check
+        with pytest.raises(SystemExit, match="2"):
+            mirage_main(argv + args)
+        assert "invalid choice" in capsys.readouterr().err
+        return
     rc = mirage_main(argv + args)
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("mirage-jax evaluate: error:") and match in err
