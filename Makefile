@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tests: parallel workers (each simulates 8 CPU devices; see tests/conftest.py).
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test venv clean bench train-small middlebury
+.PHONY: demo test venv clean bench train-small middlebury ablations
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 # Trains the whole small model (weights/small) from nothing on CPU; rerun to resume.
 train-small: $(STAMP)
 	$(PY) experiments/train_small.py --workdir runs/small --out weights/small
+
+# The paper's ablations at small scale on the held-out suite (memory on/off, depth, memory policy).
+ablations: $(STAMP)
+	$(PY) experiments/ablations.py --weights weights/small --out experiments/results/ablations_small
 
 # The Middlebury geometry check of the memory (real data; an experiment).
 middlebury: $(STAMP)

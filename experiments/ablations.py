@@ -14,8 +14,9 @@ Rows (``--rows``, comma-separated; default all but ``rgb_cache``):
   back) at a fixed capacity of ``--capacity-latents`` latent frames' cells: ``append`` (unbounded:
   the reference), ``ring`` (oldest points evicted), ``fuse`` (voxel fusion, RolloutConfig's
   default voxel): quality and bytes;
-* ``rgb_cache`` (with ``--rgb-weights DIR``, a model trained with the RGB point-cloud cache): the
-  same suite through ``RolloutConfig(memory_kind="rgb")``, when the rollout has that option.
+* ``rgb_cache`` (with ``--rgb-weights DIR``, the bundle of experiments/train_rgb_ablation.py: a
+  model trained with the RGB point-cloud cache): the same suite through
+  ``RolloutConfig(memory_kind="rgb")``.
 
 Each row: the aggregate PSNR / SSIM vs the truth, closed-loop PSNR vs the truth and vs the earlier
 generated frame (PSNRc), the 3D-consistency MSE, depth AbsRel (``depth_model``), memory MiB held
@@ -24,7 +25,8 @@ at the end and at the peak, seconds; then ``memory`` - ``memory_off`` (and ``mem
 cache at least as good as the RGB cache). Each suite is rendered once per (worlds, chunks).
 
     .venv/bin/python experiments/ablations.py --weights weights/small     # make ablations
-    # -> experiments/results/ablations_small.json and .md
+    # -> experiments/results/ablations_small.json and .md; with the RGB-cache variant:
+    .venv/bin/python experiments/ablations.py --rgb-weights runs/small_rgb_bundle
 """
 
 from __future__ import annotations
@@ -121,7 +123,11 @@ def _prepare(args) -> dict:
         if "memory_kind" not in {f.name for f in dataclasses.fields(RolloutConfig)}:
             raise UsageError("row rgb_cache: RolloutConfig has no memory_kind option yet (the RGB-cache rollout); "
                              "drop the row or --rgb-weights")
-        check_checkpoint(args.rgb_weights)
+        rgb = check_checkpoint(args.rgb_weights)
+        source = json.loads(rgb["bundle"].read_text()).get("control_source") if "bundle" in rgb else None
+        if source != "rgb":
+            raise UsageError(f"--rgb-weights {args.rgb_weights}: not a bundle trained with the RGB cache (its config.json "
+                             f"has control_source {source!r}, expected 'rgb': experiments/train_rgb_ablation.py)")
     elif args.rgb_weights:
         raise UsageError("--rgb-weights is only used by the rgb_cache row, which --rows leaves out")
     hw = _image_size(args, files)

@@ -50,7 +50,7 @@ def _params(module):
     return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
 
 
-def test_bundle_checkpoint_ablations_and_evaluate_with_its_depth_model(bundle, ablations, tmp_path):
+def test_bundle_checkpoint_ablations_and_evaluate_with_its_depth_model(bundle, ablations, tmp_path, capsys):
     """One test (the bundle is built once even under pytest-xdist)."""
     d, p, depth = bundle
     assert check_checkpoint(str(d)) == dict(bundle=d / "config.json", depth_model=d / "depth")
@@ -67,6 +67,10 @@ def test_bundle_checkpoint_ablations_and_evaluate_with_its_depth_model(bundle, a
     shutil.copytree(d, broken, ignore=shutil.ignore_patterns("depth"))
     with pytest.raises(ConfigError, match="without depth/"):
         check_checkpoint(str(broken))
+    # a latent-memory bundle is not the RGB-cache variant
+    assert ablations.main(["--weights", str(d), "--rows", "rgb_cache", "--rgb-weights", str(d), "--out",
+                           str(tmp_path / "x")]) == 2
+    assert "control_source None, expected 'rgb'" in capsys.readouterr().err
 
     out = tmp_path / "abl"
     rows = "memory,memory_off,depth_model,depth_noisy,append"  # compiles 2 chunk programs (read_memory on, off)
@@ -116,6 +120,7 @@ def test_ablation_row_options(ablations):
 @pytest.mark.parametrize("args, match", [
     (["--rows", "memory,warp"], "unknown rows"),
     (["--rows", "rgb_cache"], "needs --rgb-weights"),
+    (["--rows", "memory", "--rgb-weights", "x"], "leaves out"),
     (["--capacity-latents", "0"], "--capacity-latents"),
     (["--depth-noise", "-1"], "--depth-noise"),
     (["--rows", "depth_model"], "no depth model"),
