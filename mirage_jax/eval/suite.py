@@ -335,8 +335,8 @@ _TABLE = (  # (key, header, format)
     ("consistency_mse", "3D-cons. MSE", "{:.5f}"),
     ("consistency_mse_gt", "(GT floor)", "{:.5f}"),
     ("depth_abs_rel", "depth AbsRel", "{:.3f}"),
-    ("memory_bytes_held", "memory MiB", lambda v: f"{v / 2**20:.2f}"),
-    ("memory_bytes_peak", "(peak)", lambda v: f"{v / 2**20:.2f}"),
+    ("memory_bytes_held", "memory MiB", lambda v: f"{v / 2**20:.3f}"),
+    ("memory_bytes_peak", "(peak)", lambda v: f"{v / 2**20:.3f}"),
     ("seconds", "s", "{:.1f}"),
 )
 

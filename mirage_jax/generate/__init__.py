@@ -13,6 +13,7 @@ from mirage_jax.generate.providers import (  # noqa: F401
     GeometryDepth,
     GeometryMask,
     JaxDepth,
+    NoisyDepth,
     RenderedDepth,
     RenderedMask,
 )
