@@ -148,10 +148,13 @@ def _chunks(row: str, args) -> int:
 def row_options(rows, capacity_latents: int, cells: int) -> dict:
     """RolloutConfig options of each row; the bounded rows hold ``capacity_latents`` latent
     frames of ``cells`` (latent h x w) points."""
+    from mirage_jax.generate.rollout import RolloutConfig
+
     capacity = capacity_latents * cells
     table = dict(memory={}, memory_off=dict(read_memory=False), depth_model={}, depth_noisy={}, append={},
                  ring=dict(memory_capacity=capacity, memory_policy="ring"),
-                 fuse=dict(memory_capacity=capacity, memory_policy="fuse"), rgb_cache=dict(memory_kind="rgb"))
+                 fuse=dict(memory_capacity=capacity, memory_policy="fuse", memory_voxel=RolloutConfig.memory_voxel),
+                 rgb_cache=dict(memory_kind="rgb"))
     return {r: table[r] for r in rows}
 
 

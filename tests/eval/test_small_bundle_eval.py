@@ -112,7 +112,7 @@ def test_bundle_checkpoint_ablations_and_evaluate_with_its_depth_model(bundle, a
 def test_ablation_row_options(ablations):
     opts = ablations.row_options(ablations.ROWS, capacity_latents=8, cells=64)
     assert opts["ring"] == dict(memory_capacity=512, memory_policy="ring")
-    assert opts["fuse"] == dict(memory_capacity=512, memory_policy="fuse")  # RolloutConfig's default voxel
+    assert opts["fuse"] == dict(memory_capacity=512, memory_policy="fuse", memory_voxel=0.05)  # RolloutConfig's
     assert opts["append"] == opts["memory"] == {} and opts["memory_off"] == dict(read_memory=False)
     assert opts["rgb_cache"] == dict(memory_kind="rgb")
 
