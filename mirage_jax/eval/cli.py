@@ -121,7 +121,9 @@ def _prepare(args):
     RolloutConfig(num_chunks=args.chunks, image_hw=hw, seed=args.seed, **options)  # ConfigError names a bad value
     settings = dict(checkpoint=args.checkpoint, kinds=args.kinds, trajectories=args.trajectories, steps=args.steps,
                     sampler=args.sampler, seed=args.seed, memory=args.memory, memory_capacity=args.memory_capacity,
-                    memory_policy=args.memory_policy, memory_voxel=args.memory_voxel, max_reference=args.max_reference,
+                    memory_policy=args.memory_policy, max_reference=args.max_reference,
+                    memory_voxel=options.get("memory_voxel", RolloutConfig.memory_voxel) if args.memory_policy == "fuse"
+                    else None,
                     depth=args.depth, depth_model=args.depth_model if args.depth_model else
                     ("checkpoint" if args.depth == "model" else None), depth_noise=depth_noise)
     return hw, entries, depth_fn, depth_noise, options, settings
