@@ -32,7 +32,6 @@ cache at least as good as the RGB cache). Each suite is rendered once per (world
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -117,14 +116,13 @@ def _prepare(args) -> dict:
     files = check_checkpoint(args.weights)
     if "depth_model" in rows and not files.get("depth_model"):
         raise UsageError(f"row depth_model: --weights {args.weights} has no depth model of its own (a bundle has)")
+    if _control_source(files) != "latent":
+        raise UsageError(f"--weights {args.weights}: a model trained with the RGB cache (config.json control_source "
+                         f"'rgb'); the latent-memory rows need Mirage's (give it as --rgb-weights for the rgb_cache row)")
     if "rgb_cache" in rows:
         if not args.rgb_weights:
             raise UsageError("row rgb_cache needs --rgb-weights DIR (a model trained with the RGB cache)")
-        if "memory_kind" not in {f.name for f in dataclasses.fields(RolloutConfig)}:
-            raise UsageError("row rgb_cache: RolloutConfig has no memory_kind option yet (the RGB-cache rollout); "
-                             "drop the row or --rgb-weights")
-        rgb = check_checkpoint(args.rgb_weights)
-        source = json.loads(rgb["bundle"].read_text()).get("control_source") if "bundle" in rgb else None
+        source = _control_source(check_checkpoint(args.rgb_weights))
         if source != "rgb":
             raise UsageError(f"--rgb-weights {args.rgb_weights}: not a bundle trained with the RGB cache (its config.json "
                              f"has control_source {source!r}, expected 'rgb': experiments/train_rgb_ablation.py)")
@@ -139,6 +137,13 @@ def _prepare(args) -> dict:
     for name, options in row_options(rows, args.capacity_latents, 1).items():  # ConfigError names a bad value
         RolloutConfig(image_hw=hw, seed=args.seed, num_chunks=_chunks(name, args), **options)
     return dict(rows=rows, hw=hw, entries=entries)
+
+
+def _control_source(files: dict) -> str:
+    """The readout a checkpoint's model was trained on ("latent" for a non-bundle checkpoint)."""
+    from mirage_jax.small import bundle_control_source
+
+    return bundle_control_source(files["bundle"].parent) if "bundle" in files else "latent"
 
 
 def _chunks(row: str, args) -> int:

@@ -74,7 +74,7 @@ def run_demo(weights="weights/small", out="outputs/demo", *, seed: int = DEMO_SE
     from mirage_jax.diffusion import FlowUniPC
     from mirage_jax.generate.outputs import write_frames, write_gif, write_video
     from mirage_jax.generate.providers import JaxDepth
-    from mirage_jax.generate.rollout import RolloutConfig, rollout
+    from mirage_jax.generate.rollout import rollout
     from mirage_jax.small import load_bundle
 
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def run_demo(weights="weights/small", out="outputs/demo", *, seed: int = DEMO_SE
     pipe = bundle.pipeline
     text = pipe.encode_text([world["caption"]])
     depth = JaxDepth(pipe.depth_model)
-    cfg = RolloutConfig(num_chunks=num_chunks, image_hw=hw)
+    cfg = pipe.rollout_config(num_chunks=num_chunks, image_hw=hw)
     sampler = FlowUniPC(num_steps=sampler_steps)
     videos, results = {}, {}
     for name, read in (("memory", True), ("memory_off", False)):

@@ -27,7 +27,8 @@ from flax import nnx
 from mirage_jax.errors import ConfigError, file_error
 from mirage_jax.models.wan.dit import count_params as param_count
 
-__all__ = ["ByteTextEncoder", "SmallBundle", "save_bundle", "load_bundle", "param_count", "world_clip", "PARTS"]
+__all__ = ["ByteTextEncoder", "SmallBundle", "bundle_control_source", "save_bundle", "load_bundle", "param_count",
+           "world_clip", "PARTS"]
 
 PARTS = ("vae", "mirage", "depth", "text_encoder")
 CONFIG_FILE = "config.json"
@@ -105,6 +106,27 @@ def save_bundle(out, *, vae, model, depth, text_encoder, text_max_length: int, e
     return cfg
 
 
+def _control_source(raw: dict, cfg_path) -> str:
+    from mirage_jax.generate.rollout import MEMORY_KINDS
+
+    source = raw.get("control_source", "latent")  # bundles written before the RGB-cache variant: latent
+    if source not in MEMORY_KINDS:
+        raise file_error(cfg_path, f"must be one of {MEMORY_KINDS}, got {source!r}", key="control_source")
+    return source
+
+
+def bundle_control_source(path) -> str:
+    """The readout a bundle's model was trained on, from its ``config.json`` alone (no weights
+    read): "latent" (Mirage; also bundles that predate the key) or "rgb" (the RGB-cache variant);
+    its :class:`~mirage_jax.generate.pipeline.Pipeline` carries it as ``control_source``."""
+    cfg_path = Path(path) / CONFIG_FILE
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as err:
+        raise file_error(cfg_path, f"unreadable bundle config: {err}") from err
+    return _control_source(raw, cfg_path)
+
+
 @dataclasses.dataclass
 class SmallBundle:
     pipeline: object  # mirage_jax.generate.pipeline.Pipeline
@@ -131,6 +153,7 @@ def load_bundle(path) -> SmallBundle:
         vae_cfg, mirage_cfg, depth_cfg, text_cfg = _configs(raw)
     except (ValueError, KeyError, TypeError) as err:
         raise file_error(cfg_path, f"unreadable bundle config: {err}") from err
+    source = _control_source(raw, cfg_path)
     # Factories (built abstractly, nothing initialised just to be overwritten: the eager VAE init
     # alone took ~28 s on the 2-core CPU); the Mirage model is built for real, as its LoRA index
     # variables are state that restore_model does not restore.
@@ -145,5 +168,5 @@ def load_bundle(path) -> SmallBundle:
             raise ConfigError(f"{path / name}: {n} parameters, config.json says {raw['params'][name]}")
     text = ByteTextEncoder(modules["text_encoder"], raw["text_max_length"])
     pipe = Pipeline(modules["mirage"], modules["vae"], lambda t: jnp.asarray(text(t)), f"small ({path})",
-                    depth_model=lambda images, K: modules["depth"](images))
+                    depth_model=lambda images, K: modules["depth"](images), control_source=source)
     return SmallBundle(pipe, modules["depth"], text, raw)

@@ -11,8 +11,10 @@ seeded log-normal noise (``--depth noisy-gt --depth-noise 0.1``) or a JAX depth 
 module:function``; it is then also scored by AbsRel). The memory options are those of
 :class:`~mirage_jax.generate.rollout.RolloutConfig`: ``--memory off`` zeroes the readout
 (references are still retrieved; ``--max-reference 0`` turns them off), ``--memory-capacity`` /
-``--memory-policy`` / ``--memory-voxel`` bound the memory. Every option lands in
-``results.json``'s ``settings``; every trajectory records the memory's bytes (final and peak) and
+``--memory-policy`` / ``--memory-voxel`` bound the memory. The memory is the kind the model was
+trained on (``Pipeline.control_source``: a bundle of the explicit RGB-cache variant rolls out the
+RGB cache), recorded as ``settings.memory_kind``. Every option lands in ``results.json``'s
+``settings``; every trajectory records the memory's bytes (final and peak) and
 the readout coverage per chunk. A small-model bundle (``weights/small``) is trained on rooms: use
 ``--kinds indoor``. Bad arguments print one line ``mirage-jax evaluate: error: ...`` and exit
 with status 2 before any model is built.
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from mirage_jax.generate.pipeline import load_pipeline
 
     pipe = load_pipeline(args.checkpoint, seed=0)
+    settings["memory_kind"] = pipe.control_source  # the rollout's memory: what the model was trained on
     if args.depth == "model" and depth_fn is None:
         depth_fn = pipe.depth_model  # the checkpoint's own (check_checkpoint found it)
     sampler = (FlowUniPC if args.sampler == "unipc" else FlowEuler)(num_steps=args.steps)

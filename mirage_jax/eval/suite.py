@@ -237,25 +237,27 @@ def rollout_generate_fn(pipeline, *, chunks: int = 1, sampler=None, seed: int = 
     JAX depth model ``fn(images [n, H, W, 3] in [0, 1], K [n, 3, 3]) -> [n, H, W]``) on the
     generated frames. With ``masks`` the dynamic objects and the sky are not written (spec 2).
     ``rollout_options`` go to :class:`~mirage_jax.generate.rollout.RolloutConfig` (e.g.
-    ``read_memory``, ``memory_capacity``, ``memory_policy``, ``max_reference``).
+    ``read_memory``, ``memory_capacity``, ``memory_policy``, ``max_reference``) through
+    :meth:`~mirage_jax.generate.pipeline.Pipeline.rollout_config`: ``memory_kind`` is the
+    pipeline's ``control_source`` (a different one raises ConfigError).
 
     The returned function keeps the last rollout's
     :class:`~mirage_jax.generate.rollout.RolloutResult` as its ``last_result`` attribute, which
     :func:`evaluate` turns into the memory figures of the trajectory (:func:`rollout_record`).
     """
     from mirage_jax.generate import providers
-    from mirage_jax.generate.rollout import Rollout, RolloutConfig
+    from mirage_jax.generate.rollout import Rollout
 
     if depth_fn is not None and depth_noise is not None:
         raise InputError("rollout_generate_fn: depth_fn (a depth model) and depth_noise (noisy exact depth) exclude "
                          "each other")
-    RolloutConfig(num_chunks=chunks, seed=seed, **rollout_options)  # bad options fail here, not at the first instance
+    pipeline.rollout_config(num_chunks=chunks, seed=seed, **rollout_options)  # bad options fail here, not later
 
     model_depth = None if depth_fn is None else providers.JaxDepth(depth_fn)  # jitted once for every instance
 
     def generate(inst: Instance) -> np.ndarray:
         generate.last_result = None
-        cfg = RolloutConfig(num_chunks=chunks, image_hw=inst.image_hw, seed=seed, **rollout_options)
+        cfg = pipeline.rollout_config(num_chunks=chunks, image_hw=inst.image_hw, seed=seed, **rollout_options)
         depth = model_depth
         if depth is None:
             depth = providers.GeometryDepth(inst.depth, f"{inst.entry.name}: rendered depth")
@@ -282,8 +284,8 @@ def rollout_generate_fn(pipeline, *, chunks: int = 1, sampler=None, seed: int = 
 def rollout_record(result) -> dict:
     """The memory figures of a :class:`~mirage_jax.generate.rollout.RolloutResult`: bytes held by
     the final memory and the peak over chunks (:func:`~mirage_jax.generate.rollout.memory_bytes`),
-    points held, and the readout coverage of each chunk (the fraction of target cells the memory
-    covered)."""
+    points held, and the readout coverage of each chunk (the fraction of the target's latent cells
+    the memory covered; for the RGB cache, of the pixels of the chunk's 33 renders)."""
     from mirage_jax.generate.rollout import memory_bytes
 
     held = [c["memory_bytes"]["held"] for c in result.chunks]

@@ -245,13 +245,13 @@ def _run(args, prep) -> None:
     from mirage_jax.diffusion import FlowEuler, FlowUniPC
     from mirage_jax.generate.outputs import write_outputs, write_worldscore_extras
     from mirage_jax.generate.pipeline import load_pipeline
-    from mirage_jax.generate.rollout import Rollout, RolloutConfig, set_step_hook
+    from mirage_jax.generate.rollout import Rollout, set_step_hook
 
     t0 = time.perf_counter()
     pipe = load_pipeline(args.checkpoint, seed=0)
-    cfg = RolloutConfig(num_chunks=args.chunks, image_hw=prep["image_hw"], seed=args.seed,
-                        memory_capacity=args.memory_capacity, memory_policy=args.memory_policy,
-                        rewrite_first_frame=not args.no_rewrite_first_frame, tiled_decode=args.tiled_decode)
+    cfg = pipe.rollout_config(num_chunks=args.chunks, image_hw=prep["image_hw"], seed=args.seed,
+                              memory_capacity=args.memory_capacity, memory_policy=args.memory_policy,
+                              rewrite_first_frame=not args.no_rewrite_first_frame, tiled_decode=args.tiled_decode)
     sampler = (FlowUniPC if args.sampler == "unipc" else FlowEuler)(num_steps=args.steps)
     text = pipe.encode_text([args.prompt])
     r = Rollout(pipe.model, pipe.vae, text, prep["K"], prep["poses"], depth=prep["depth"], mask=prep["mask"],

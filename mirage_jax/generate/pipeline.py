@@ -47,7 +47,10 @@ class Pipeline:
     """model: MirageModel; vae: WanVAE; encode_text: ``texts -> [B, L, text_dim]``; name: a label;
     text_encoder: the UMT5Encoder behind ``encode_text``; depth_model: the checkpoint's own depth
     model for generated frames, ``fn(images f32[n, H, W, 3] in [0, 1], K f32[n, 3, 3]) ->
-    f32[n, H, W]`` z-depth (a small-model bundle's DepthNet), or None."""
+    f32[n, H, W]`` z-depth (a small-model bundle's DepthNet), or None; control_source: the
+    readout the model was trained on, "latent" (Mirage) or "rgb" (the explicit RGB-cache variant,
+    a bundle's ``config.json`` ``control_source``): the rollout's ``memory_kind``
+    (:meth:`rollout_config`)."""
 
     model: object
     vae: object
@@ -55,6 +58,25 @@ class Pipeline:
     name: str
     text_encoder: object = None
     depth_model: Callable | None = None
+    control_source: str = "latent"
+
+    def __post_init__(self):
+        from mirage_jax.generate.rollout import MEMORY_KINDS
+
+        if self.control_source not in MEMORY_KINDS:
+            raise ConfigError(f"{self.name}: control_source must be one of {MEMORY_KINDS}, got {self.control_source!r}")
+
+    def rollout_config(self, **options):
+        """``RolloutConfig(**options)`` for this model: ``memory_kind`` is its ``control_source``;
+        an explicit different ``memory_kind`` raises ConfigError (the model would read a control
+        input it was not trained on)."""
+        from mirage_jax.generate.rollout import RolloutConfig
+
+        kind = options.setdefault("memory_kind", self.control_source)
+        if kind != self.control_source:
+            raise ConfigError(f"{self.name} was trained with control_source {self.control_source!r}; a rollout "
+                              f"with memory_kind {kind!r} would feed it the wrong control input")
+        return RolloutConfig(**options)
 
 
 def _tiny_models(seed: int):

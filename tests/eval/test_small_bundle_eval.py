@@ -15,8 +15,10 @@ import pytest
 from flax import nnx
 
 from mirage_jax.cli import main as mirage_main
-from mirage_jax.errors import ConfigError
+from mirage_jax.errors import ConfigError, FileFormatError
+from mirage_jax.eval import suite as S
 from mirage_jax.generate.pipeline import check_checkpoint, load_pipeline, tiny_pipeline
+from mirage_jax.small import bundle_control_source
 
 HW = (32, 32)
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +72,22 @@ def test_bundle_checkpoint_ablations_and_evaluate_with_its_depth_model(bundle, a
     # a latent-memory bundle is not the RGB-cache variant
     assert ablations.main(["--weights", str(d), "--rows", "rgb_cache", "--rgb-weights", str(d), "--out",
                            str(tmp_path / "x")]) == 2
-    assert "control_source None, expected 'rgb'" in capsys.readouterr().err
+    assert "control_source 'latent', expected 'rgb'" in capsys.readouterr().err
+    # the RGB-cache variant's bundle rolls out the RGB cache: a latent rollout or latent rows are refused
+    assert q.control_source == "latent" and bundle_control_source(d) == "latent"  # no key: latent
+    rgb_dir = tmp_path / "rgb"
+    shutil.copytree(d, rgb_dir)
+    raw = json.loads((rgb_dir / "config.json").read_text())
+    (rgb_dir / "config.json").write_text(json.dumps({**raw, "control_source": "rgb"}))
+    qr = load_pipeline(str(rgb_dir))
+    assert qr.control_source == "rgb" and qr.rollout_config(num_chunks=1).memory_kind == "rgb"
+    with pytest.raises(ConfigError, match="trained with control_source 'rgb'.*memory_kind 'latent'"):
+        S.rollout_generate_fn(qr, memory_kind="latent")
+    assert ablations.main(["--weights", str(rgb_dir), "--rows", "memory", "--out", str(tmp_path / "x")]) == 2
+    assert "trained with the RGB cache" in capsys.readouterr().err
+    (rgb_dir / "config.json").write_text(json.dumps({**raw, "control_source": "pixels"}))
+    with pytest.raises(FileFormatError, match="key 'control_source'.*'pixels'"):
+        load_pipeline(str(rgb_dir))
 
     out = tmp_path / "abl"
     rows = "memory,memory_off,depth_model,depth_noisy,append"  # compiles 2 chunk programs (read_memory on, off)
@@ -104,6 +121,7 @@ def test_bundle_checkpoint_ablations_and_evaluate_with_its_depth_model(bundle, a
                         "--memory", "off", "--out", str(ev), "--quiet"]) == 0
     rep = json.loads((ev / "results.json").read_text())
     assert rep["settings"]["depth_model"] == "checkpoint" and rep["settings"]["memory"] == "off"
+    assert rep["settings"]["memory_kind"] == "latent"  # the bundle's control_source
     r = rep["trajectories"][0]
     assert r["depth_abs_rel"] == pytest.approx(res["reports"]["depth_model"]["trajectories"][0]["depth_abs_rel"])
     assert len(r["readout_coverage"]) == 1 and r["memory_bytes_held"] > 0

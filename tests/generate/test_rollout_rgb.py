@@ -3,6 +3,8 @@ tiny random model: one trace for 2 chunks, the cache written with the first imag
 decoded frame, the control built from renders of the chunk's pixel cameras, output unlike the
 latent memory's."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -107,3 +109,10 @@ def test_memory_kind_is_checked():
                 config=RolloutConfig(num_chunks=1, image_hw=HW, memory_kind="rgb"))
     with pytest.raises(InputError, match="in \\[-1, 1\\]"):
         r.init(np.full((*HW, 3), 2.0, np.float32), np.ones(HW, np.float32))
+    # a pipeline rolls out with the memory its model was trained on (Pipeline.control_source)
+    assert pipe.control_source == "latent" and pipe.rollout_config(num_chunks=1).memory_kind == "latent"
+    assert dataclasses.replace(pipe, control_source="rgb").rollout_config().memory_kind == "rgb"
+    with pytest.raises(ConfigError, match="memory_kind 'rgb' would feed"):
+        pipe.rollout_config(memory_kind="rgb")
+    with pytest.raises(ConfigError, match="control_source must be one of"):
+        dataclasses.replace(pipe, control_source="pixels")
