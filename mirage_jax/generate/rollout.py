@@ -388,7 +388,9 @@ def memory_bytes(mem) -> dict:
 
 
 def _to_uint8(video) -> np.ndarray:
-    return np.round((np.clip(np.asarray(video, np.float32), -1, 1) + 1) * 127.5).astype(np.uint8)
+    """:func:`rgb_control.to_uint8` on the host's side (the first image written to an RGB cache
+    inside ``_init_impl`` and again by ``_write_first_impl`` must be the same pixels)."""
+    return np.asarray(rgb_control.to_uint8(jnp.asarray(video)))
 
 
 def _check_provider_output(a, shape, dtype_kind, name):
