@@ -1,6 +1,6 @@
 """RolloutConfig(read_memory=False): the model gets the control input with its readout half all
 zero and its score half unchanged, while the memory is still read (random tiny models, one
-chunk). That it changes the video against the memory on: tests/experiments/test_ablations.py."""
+chunk). That it changes the video against the memory on: tests/eval/test_small_bundle_eval.py."""
 
 import jax
 import numpy as np
