@@ -5,6 +5,7 @@ latent memory's."""
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -116,3 +117,38 @@ def test_memory_kind_is_checked():
         pipe.rollout_config(memory_kind="rgb")
     with pytest.raises(ConfigError, match="control_source must be one of"):
         dataclasses.replace(pipe, control_source="pixels")
+
+
+_SEEN: list = []  # the control inputs the model got (module level: a module's attributes are static)
+
+
+class _Recording(nnx.Module):
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def __call__(self, latents, timestep, text, control, **kwargs):
+        jax.debug.callback(lambda c: _SEEN.append(np.asarray(c)), control)
+        return self.model(latents, timestep, text, control, **kwargs)
+
+
+def test_chunk_0_control_is_the_training_records_rgb_control():
+    """Training's precomputed control (RGBControlEncoder, start 0) and the rollout's chunk-0
+    readout are the same numbers: the same cache (frame 0 with the record's float16 depth and
+    exclusion mask), cameras 0..32, no preceding latent, the same VAE normalisation."""
+    from mirage_jax.data.latents import RGBControlEncoder, latent_geometry
+
+    clip = make_clip(7, HW, 33, kind="indoor")
+    pipe = tiny_pipeline(0)
+    geo = latent_geometry(clip)
+    stored = RGBControlEncoder(pipe.vae, num_target=9, max_preceding=2)(clip)
+    assert stored.shape[:2] == (1, 11)  # one start (j = 0): 9 target latents + 2 preceding (before the clip: 0)
+    _SEEN.clear()
+    r = Rollout(_Recording(pipe.model), pipe.vae, pipe.encode_text("a room"), clip["intrinsics"][0], clip["cam2world"],
+                depth=GeometryDepth(clip["depth"]), sampler=FlowEuler(num_steps=1),
+                config=RolloutConfig(num_chunks=1, image_hw=HW, memory_kind="rgb"))
+    r.init(clip["frames"][0], geo["depth"][0].astype(np.float32), geo["exclude"][0])
+    r.chunk()
+    c = pipe.model.config.dit.in_channels
+    assert len(_SEEN) == 1 and np.abs(stored[0, :9]).max() > 0.1
+    assert np.abs(stored[0, 8] - stored[0, 1]).max() > 1e-3  # the camera moves: a wrong camera index would show
+    np.testing.assert_allclose(_SEEN[0][0, ..., :c], stored[0], atol=1e-4)
