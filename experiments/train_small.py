@@ -7,8 +7,8 @@ same ``--workdir``; a finished part is skipped):
 
 1. ``worlds``: render the training clips (scene seeds [seed_offset, seed_offset + num_clips),
    disjoint from the held-out worlds) with :mod:`mirage_jax.data.worlds`;
-2. ``vae``: train the small Wan VAE (L1 reconstruction + a small KL) on random 9-frame crops of
-   the clips, then measure its latent statistics (``latents_mean`` / ``latents_std``);
+2. ``vae``: train the small Wan VAE (L1 reconstruction + a small KL) on random crops of single
+   frames, then of 9-frame clips (warm-up + cosine learning rate), then measure its latent statistics (``latents_mean`` / ``latents_std``);
 3. ``latents``: encode every clip with it (:func:`mirage_jax.data.latents.preprocess`) with the
    frozen tiny umT5 captions, plus the score latent and the empty prompt's embedding;
 4. ``backbone``: pretrain the WanDiT as a plain video model through :class:`mirage_jax.train.Trainer`
@@ -174,14 +174,19 @@ class Run:
         vae = WanVAE(small_cfg.vae_config(), rngs=nnx.Rngs(self.c.seed))
         clips = self.clips
 
+        image_steps, video_steps = self.steps(v.image_steps, "vae"), self.steps(v.steps, "vae")
+
         def batch_fn(step):
+            # steps [0, image_steps): single frames (the causal VAE encodes frame 0 alone: this trains
+            # the spatial path at ~1/5 of a 9-frame step's cost); then 9-frame clips (temporal path)
             rng = np.random.default_rng([self.c.seed, 1, step])
+            frames, batch = (1, v.image_batch_size) if step < image_steps else (v.frames, v.batch_size)
             out = []
-            for _ in range(v.batch_size):
+            for _ in range(batch):
                 clip = clips[rng.integers(len(clips))]["frames"]
-                t = rng.integers(clip.shape[0] - v.frames + 1)
+                t = rng.integers(clip.shape[0] - frames + 1)
                 y, x = rng.integers(clip.shape[1] - v.crop + 1), rng.integers(clip.shape[2] - v.crop + 1)
-                out.append(clip[t : t + v.frames, y : y + v.crop, x : x + v.crop])
+                out.append(clip[t : t + frames, y : y + v.crop, x : x + v.crop])
             return jnp.asarray(np.stack(out).astype(np.float32) / 127.5 - 1.0)
 
         def loss_fn(vae, x, key):
@@ -191,8 +196,9 @@ class Run:
             return jnp.mean(jnp.abs(y - x)) + v.kl_weight * kl
 
         log: list = []
-        steps = self.steps(v.steps, "vae")
-        train_loop("vae", vae, optax.adamw(v.learning_rate, weight_decay=0.0), loss_fn, batch_fn, steps,
+        steps = image_steps + video_steps
+        lr = optax.warmup_cosine_decay_schedule(0.0, v.learning_rate, min(50, steps // 2), steps, v.learning_rate * 0.05)
+        train_loop("vae", vae, optax.adamw(lr, weight_decay=0.0), loss_fn, batch_fn, steps,
                    LoopCheckpoint(self.workdir / "vae", v.checkpoint_every), log)
         # latent statistics -> the config's latents_mean / latents_std (what normalize() uses)
         enc = nnx.jit(lambda m, x: m.encode(x))
@@ -204,7 +210,7 @@ class Run:
         nnx.update(trained, nnx.state(vae, nnx.Param))
         save_model(final, trained, force=True)
         psnr = self._vae_heldout(trained)
-        self.record("vae", time.perf_counter() - t0, steps=steps, final_loss=log[-1]["loss"] if log else None,
+        self.record("vae", time.perf_counter() - t0, steps=steps, image_steps=image_steps, final_loss=log[-1]["loss"] if log else None,
                     loss_log=log[:: max(1, len(log) // 50)], heldout_recon_psnr=psnr,
                     config=json.loads(json.dumps(dataclasses.asdict(cfg))), done=True)
         return trained
@@ -253,12 +259,13 @@ class Run:
         return path, consts
 
     # -- DiT parts through mirage_jax.train --------------------------------------------------------
-    def dit_part(self, part: str, stage: int, steps: int, lr: float, data, consts, **init):
+    def dit_part(self, part: str, stage: int, steps: int, lr: float, data, consts, *, need_model: bool = False,
+                 **init):
         from mirage_jax.train.trainer import Trainer
 
         d = self.c.dit
         workdir = self.workdir / part
-        if self.done(part) and part != "stage2":
+        if self.done(part) and not need_model:  # a finished part is restored only when its model is needed
             return None
         cfg = small_cfg.trainer_config(self.c, stage, workdir=str(workdir), steps=steps, learning_rate=lr,
                                        data_path=str(data), score_path=str(consts[0]), empty_text_path=str(consts[1]),
@@ -345,7 +352,7 @@ def write_model_card(out: Path, report: dict, cfg: dict, c) -> None:
     scale = report["settings"]["scale"]
     full = small_cfg.get_config()
     rows = [
-        ("vae", full.vae.steps, "L1 + KL recon", f"held-out recon PSNR {_fmt(parts['vae'].get('heldout_recon_psnr'), '.2f')} dB"),
+        ("vae", full.vae.image_steps + full.vae.steps, "L1 + KL recon (single frames, then 9-frame clips)", f"held-out recon PSNR {_fmt(parts['vae'].get('heldout_recon_psnr'), '.2f')} dB"),
         ("backbone", full.dit.backbone_steps, "flow matching", f"held-out flow loss {_fmt(parts['backbone'].get('heldout_flow_loss'))}"),
         ("stage1", full.dit.stage1_steps, "flow matching", f"held-out flow loss {_fmt(parts['stage1'].get('heldout_flow_loss'))}"),
         ("stage2", full.dit.stage2_steps, "flow matching", f"held-out flow loss {_fmt(parts['stage2'].get('heldout_flow_loss'))}"),
@@ -403,7 +410,7 @@ def write_model_card(out: Path, report: dict, cfg: dict, c) -> None:
         "",
         f"Total wall time: {report['seconds_total']:.0f} s. Backbone, stage 1 (control branch) and stage 2 (LoRA) run "
         "through `mirage_jax.train.Trainer` (configs/small.py `trainer_config`, the sections of configs/train_5b.py); "
-        "AdamW, constant learning rate, clip 1.0, batch "
+        "AdamW, linear warm-up then cosine decay, clip 1.0, batch "
         f"{c.dit.batch_size}, 9 target + up to 2 preceding + up to 2 reference latent frames per sample.",
         "",
         "Full numbers (loss curves, per-part settings): report.json. Generate with `make demo`.",
@@ -446,7 +453,7 @@ def main(argv=None) -> int:
     run.dit_part("stage1", 1, run.steps(d.stage1_steps, "stage1"), d.stage1_lr, data, consts,
                  init_backbone=str((workdir / "backbone_dit").absolute()))
     trainer = run.dit_part("stage2", 2, run.steps(d.stage2_steps, "stage2"), d.stage2_lr, data, consts,
-                           init_from=str((workdir / "stage1").absolute()))
+                           need_model=True, init_from=str((workdir / "stage1").absolute()))
     depth = run.depth()
     run.report["seconds_this_invocation"] = time.perf_counter() - t_start
     run.report["seconds_total"] = sum(p.get("seconds", 0.0) for p in run.report["parts"].values())

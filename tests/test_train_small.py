@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory):
     def tiny_config(arg=None):
         c = base(arg)
         c.data.update(num_clips=2, image_hw=(32, 32), num_frames=17)
-        c.vae.update(steps=2, batch_size=1, frames=1, crop=16, checkpoint_every=1)
+        c.vae.update(image_steps=2, image_batch_size=2, steps=2, batch_size=1, frames=5, crop=16, checkpoint_every=1)
         c.dit.update(num_target=3, max_reference=1, max_preceding=1, batch_size=8, backbone_steps=2,
                      stage1_steps=2, stage2_steps=2, control_layers=(0,), lora_rank=2, checkpoint_every=1)
         c.depth.update(steps=2, batch_size=2, checkpoint_every=1)

@@ -29,10 +29,10 @@ slow = pytest.mark.skipif(os.environ.get("MIRAGE_SLOW_TESTS") != "1",
 def test_the_latent_run_is_required_and_named(tmp_path):
     with pytest.raises(SystemExit, match="no small-model run"):
         driver.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")])
-    (tmp_path / "report.json").write_text(json.dumps({"parts": {"vae": {"done": True}, "backbone": {"done": True}}}))
-    with pytest.raises(SystemExit, match=r"not finished \['depth'\]"):
+    (tmp_path / "report.json").write_text(json.dumps({"parts": {"vae": {"done": True}}}))
+    with pytest.raises(SystemExit, match=r"not finished \['backbone'\]"):
         driver.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")])
-    done = {p: {"done": True} for p in ("vae", "backbone", "depth")}
+    done = {p: {"done": True} for p in ("vae", "backbone")}  # the depth model is needed for the bundle only
     (tmp_path / "report.json").write_text(json.dumps({"parts": done}))
     with pytest.raises(SystemExit, match="backbone_dit: missing"):
         driver.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")])
