@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     sub = "rgb" if full and source == "rgb" else f"ablation_{source}_s{args.stages}_{args.stage1_steps or 'run'}"
     if out == Path(ap.get_default("out")) and not (full and source == "rgb"):
         out = Path(f"runs/small_{sub}_bundle")
-    latent = latent_run_settings(workdir, ("vae",) if args.wait else REQUIRED)
+    latent = latent_run_settings(workdir, ("vae",) if args.wait else REQUIRED, wait=args.wait)
     c = small_cfg.get_config()
     c.data.num_clips = int(latent.get("settings", {}).get("num_clips", c.data.num_clips))
     c.steps_scale = args.scale
@@ -121,9 +121,10 @@ def main(argv=None) -> int:
         rgb_control = RGBControlEncoder(vae, num_target=d.num_target, max_preceding=d.max_preceding)
         data, consts = run.latents(vae, text, rgb_control)
     else:  # the twin trains on the latent run's own records
-        latent_run_settings(workdir, wait=args.wait)  # its records are written before its backbone trains
+        base.report = latent_run_settings(workdir, wait=args.wait)  # (re)read: its records precede its backbone
         data, consts = base.latents(vae, text)
-    latent_run_settings(workdir, wait=args.wait)
+    # the latent run's report as it is now: `base` must never write back a copy read before a wait
+    base.report = latent_run_settings(workdir, wait=args.wait)
     trainer = run.dit_part("stage1", 1, run.steps(budget["stage1"]["steps"], "stage1"),
                            budget["stage1"]["learning_rate"], data, consts, need_model=args.stages == 1,
                            init_backbone=str((workdir / "backbone_dit").absolute()))
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
         trainer = run.dit_part("stage2", 2, run.steps(budget["stage2"]["steps"], "stage2"),
                                budget["stage2"]["learning_rate"], data, consts, need_model=True,
                                init_from=str((workdir / sub / "stage1").absolute()))
+    base.report = latent_run_settings(workdir)
     if not base.done("depth"):
         print(f"trained; the bundle needs the latent run's depth model ({workdir / 'depth_final'}): "
               "rerun this command once experiments/train_small.py has finished")

@@ -386,7 +386,8 @@ def write_model_card(out: Path, report: dict, cfg: dict, c) -> None:
         "- Captions from `mirage_jax.data.worlds.caption` (scene description).",
         "",
         "## Parts and parameters",
-        f"- VAE: Wan VAE (`WanVAEConfig`, 2x2 patchify, dim_mult (1, 2, 4), z 16: 8x spatial, 4x temporal; "
+        f"- VAE: Wan VAE (`WanVAEConfig`, 2x2 patchify, dim_mult {tuple(cfg['vae']['dim_mult'])}, "
+        f"{'residual (Wan2.2) blocks, ' if cfg['vae']['is_residual'] else ''}z {cfg['vae']['z_dim']}: 8x spatial, 4x temporal; "
         f"{cfg['params']['vae']:,} parameters), latents_mean / latents_std measured after training.",
         f"- Mirage: WanDiT width {cfg['mirage']['dit']['num_attention_heads'] * cfg['mirage']['dit']['attention_head_dim']}, "
         f"{cfg['mirage']['dit']['num_layers']} layers, patch {tuple(cfg['mirage']['dit']['patch_size'])}, control branch on "
@@ -413,7 +414,9 @@ def write_model_card(out: Path, report: dict, cfg: dict, c) -> None:
         "AdamW, linear warm-up then cosine decay, clip 1.0, batch "
         f"{c.dit.batch_size}, 9 target + up to 2 preceding + up to 2 reference latent frames per sample.",
         "",
-        "Full numbers (loss curves, per-part settings): report.json. Generate with `make demo`.",
+        "Full numbers (loss curves, per-part settings): report.json. Generate with `make demo`. The held-out",
+        "suite (`mirage-jax evaluate --checkpoint weights/small --kinds indoor --chunks 3`) and the ablations",
+        "(`make ablations`) of these weights: experiments/results/eval_small/ and experiments/results/ablations_small_*.md.",
     ]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
