@@ -2,10 +2,8 @@
 zero and its score half unchanged, while the memory is still read (random tiny models, one
 chunk). That it changes the video against the memory on: tests/eval/test_small_bundle_eval.py."""
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from mirage_jax.data.worlds import make_clip
 from mirage_jax.diffusion import FlowEuler
@@ -16,25 +14,13 @@ from mirage_jax.generate.rollout import LATENTS_PER_CHUNK, RolloutConfig, rollou
 from mirage_jax.models.mirage import score_latent
 
 HW = (32, 64)
-_SEEN: list = []  # the control inputs the model got (module level: a module's attributes are static)
 
 
-class _Recording(nnx.Module):
-    """The model, sending every control input it gets to the host."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def __call__(self, latents, timestep, text, control, **kwargs):
-        jax.debug.callback(lambda c: _SEEN.append(np.asarray(c)), control)
-        return self.model(latents, timestep, text, control, **kwargs)
-
-
-def test_read_memory_off_zeroes_the_readout_only():
+def test_read_memory_off_zeroes_the_readout_only(recording):
     clip = make_clip(3, HW, 33, kind="indoor")
     pipe = tiny_pipeline(0)
     cfg = RolloutConfig(num_chunks=1, image_hw=HW, read_memory=False)
-    _SEEN.clear()
+    _Recording, _SEEN = recording
     res = rollout(_Recording(pipe.model), pipe.vae, clip["frames"][0], clip["intrinsics"][0], clip["cam2world"],
                   pipe.encode_text("a room"), first_depth=clip["depth"][0], depth=GeometryDepth(clip["depth"]),
                   sampler=FlowEuler(num_steps=2), config=cfg)

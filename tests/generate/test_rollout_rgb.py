@@ -5,7 +5,6 @@ latent memory's."""
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -119,19 +118,7 @@ def test_memory_kind_is_checked():
         dataclasses.replace(pipe, control_source="pixels")
 
 
-_SEEN: list = []  # the control inputs the model got (module level: a module's attributes are static)
-
-
-class _Recording(nnx.Module):
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def __call__(self, latents, timestep, text, control, **kwargs):
-        jax.debug.callback(lambda c: _SEEN.append(np.asarray(c)), control)
-        return self.model(latents, timestep, text, control, **kwargs)
-
-
-def test_chunk_0_control_is_the_training_records_rgb_control():
+def test_chunk_0_control_is_the_training_records_rgb_control(recording):
     """Training's precomputed control (RGBControlEncoder, start 0) and the rollout's chunk-0
     readout are the same numbers: the same cache (frame 0 with the record's float16 depth and
     exclusion mask), cameras 0..32, no preceding latent, the same VAE normalisation."""
@@ -142,7 +129,7 @@ def test_chunk_0_control_is_the_training_records_rgb_control():
     geo = latent_geometry(clip)
     stored = RGBControlEncoder(pipe.vae, num_target=9, max_preceding=2)(clip)
     assert stored.shape[:2] == (1, 11)  # one start (j = 0): 9 target latents + 2 preceding (before the clip: 0)
-    _SEEN.clear()
+    _Recording, _SEEN = recording
     r = Rollout(_Recording(pipe.model), pipe.vae, pipe.encode_text("a room"), clip["intrinsics"][0], clip["cam2world"],
                 depth=GeometryDepth(clip["depth"]), sampler=FlowEuler(num_steps=1),
                 config=RolloutConfig(num_chunks=1, image_hw=HW, memory_kind="rgb"))
