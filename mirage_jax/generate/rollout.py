@@ -89,7 +89,7 @@ NEW_LATENTS_PER_CHUNK = NEW_FRAMES_PER_CHUNK // 4  # 8
 # "IoU >= 0.04" (spec 10.7) with memory.retrieve_references' strict "> threshold": the largest
 # float32 below the threshold makes the comparison inclusive on float32 IoUs.
 _INCLUSIVE = lambda x: float(np.nextafter(np.float32(x), np.float32(0)))  # noqa: E731
-MEMORY_KINDS = ("latent", "rgb")
+MEMORY_KINDS = rgb_control.CONTROL_SOURCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +388,7 @@ def memory_bytes(mem) -> dict:
 
 
 def _to_uint8(video) -> np.ndarray:
-    """:func:`rgb_control.to_uint8` on the host's side (the first image written to an RGB cache
+    """:func:`rgb_control.to_uint8` as a host array (the first image written to an RGB cache
     inside ``_init_impl`` and again by ``_write_first_impl`` must be the same pixels)."""
     return np.asarray(rgb_control.to_uint8(jnp.asarray(video)))
 

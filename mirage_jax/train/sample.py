@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from mirage_jax import memory
 from mirage_jax.errors import ConfigError, InputError, check_hw
 from mirage_jax.memory.projection import cells_to_points, resize_depth, resize_mask_nearest
+from mirage_jax.models.mirage.rgb_control import CONTROL_SOURCES
 
 __all__ = ["CLIP_KEYS", "CONTROL_SOURCES", "RGB_CONTROL_KEY", "SampleConfig", "ModelInputs", "build_inputs",
            "check_clip_batch", "target_starts"]
@@ -59,7 +60,6 @@ __all__ = ["CLIP_KEYS", "CONTROL_SOURCES", "RGB_CONTROL_KEY", "SampleConfig", "M
 CLIP_KEYS = ("latents", "depth", "exclude", "intrinsics", "cam2world", "text")
 # control_source "rgb" also reads this key: f32|bf16 [J, T + P_max, h, w, C] (see target_starts).
 RGB_CONTROL_KEY = "rgb_control"
-CONTROL_SOURCES = ("latent", "rgb")
 
 
 def target_starts(num_frames: int, num_target: int, max_preceding: int) -> range:

@@ -25,7 +25,11 @@ import jax.numpy as jnp
 from mirage_jax.errors import InputError
 from mirage_jax.memory import rgb_cache
 
-__all__ = ["encode_views", "to_uint8", "to_unit"]
+__all__ = ["CONTROL_SOURCES", "encode_views", "to_uint8", "to_unit"]
+
+# The readouts a model can be trained on and rolled out with: "latent" (Mirage's latent memory) or
+# "rgb" (this module's explicit variant); SampleConfig.control_source and RolloutConfig.memory_kind.
+CONTROL_SOURCES = ("latent", "rgb")
 
 
 def to_unit(images) -> jax.Array:
