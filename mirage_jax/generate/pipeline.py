@@ -45,7 +45,8 @@ TINY_TEXT_LEN = 16
 @dataclasses.dataclass
 class Pipeline:
     """model: MirageModel; vae: WanVAE; encode_text: ``texts -> [B, L, text_dim]``; name: a label;
-    text_encoder: the UMT5Encoder behind ``encode_text``; depth_model: the checkpoint's own depth
+    text_encoder: the UMT5Encoder behind ``encode_text`` (None for a small-model bundle, whose
+    byte-level encoder is ``small.load_bundle(...).text_encoder``); depth_model: the checkpoint's own depth
     model for generated frames, ``fn(images f32[n, H, W, 3] in [0, 1], K f32[n, 3, 3]) ->
     f32[n, H, W]`` z-depth (a small-model bundle's DepthNet), or None; control_source: the
     readout the model was trained on, "latent" (Mirage) or "rgb" (the explicit RGB-cache variant,
