@@ -82,11 +82,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _image_size(args, files) -> tuple[int, int]:
     if args.image_size:
-        try:
-            h, w = (int(v) for v in args.image_size.lower().split("x"))
-        except ValueError:
-            raise UsageError(f"--image-size {args.image_size!r}: expected H x W, e.g. 128x128") from None
-        return h, w
+        from mirage_jax.eval.cli import image_size
+
+        return image_size(args.image_size)
     if "bundle" not in files:
         raise UsageError(f"--weights {args.weights}: not a small-model bundle; give --image-size")
     try:

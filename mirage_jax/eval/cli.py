@@ -27,9 +27,9 @@ import importlib
 import math
 import sys
 
-from mirage_jax.errors import MirageError
+from mirage_jax.errors import InputError, MirageError
 
-__all__ = ["main"]
+__all__ = ["image_size", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,13 +64,15 @@ class _UsageError(Exception):
     pass
 
 
-def _image_size(text: str) -> tuple[int, int]:
+def image_size(text: str) -> tuple[int, int]:
+    """``--image-size`` ``HxW`` as (H, W); InputError unless both are positive multiples of 16
+    (also used by experiments/ablations.py)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise _UsageError(f"--image-size {text!r}: expected H x W, e.g. 128x128") from None
+        raise InputError(f"--image-size {text!r}: expected H x W, e.g. 128x128") from None
     if h < 16 or w < 16 or h % 16 or w % 16:
-        raise _UsageError(f"--image-size {text}: H and W must be positive multiples of 16 (the VAE's stride)")
+        raise InputError(f"--image-size {text}: H and W must be positive multiples of 16 (the VAE's stride)")
     return h, w
 
 
@@ -85,7 +87,7 @@ def _prepare(args):
         raise _UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.seed < 0:
         raise _UsageError(f"--seed must be >= 0, got {args.seed}")
-    hw = _image_size(args.image_size)
+    hw = image_size(args.image_size)
     entries = S.heldout_suite(args.worlds, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()])
     wanted = None if args.trajectories == "all" else [t.strip() for t in args.trajectories.split(",") if t.strip()]
     entries = S.select(entries, wanted)

@@ -165,7 +165,7 @@ def select(suite, trajectories=None) -> tuple[SuiteEntry, ...]:
     suite = tuple(suite)
     if trajectories is None:
         return suite
-    wanted = [t for t in trajectories]
+    wanted = list(trajectories)
     known = set(PATH_TYPES) | {e.name for e in suite}
     unknown = [t for t in wanted if t not in known]
     if unknown:
@@ -299,7 +299,8 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def _evaluate_instance(inst: Instance, video: np.ndarray, depth_fn, criteria: dict) -> dict:
+def _evaluate_instance(inst: Instance, video: np.ndarray, depth, criteria: dict) -> dict:
+    """One trajectory's row; ``depth``: a :class:`~mirage_jax.generate.providers.JaxDepth` or None."""
     gt, T = inst.frames, inst.frames.shape[0]
     keep = ~inst.dynamic
     per_psnr = np.asarray(M.psnr(video[1:], gt[1:], max_val=255))
@@ -319,12 +320,9 @@ def _evaluate_instance(inst: Instance, video: np.ndarray, depth_fn, criteria: di
         consistency_mse_gt=floor["mean_mse"],
         depth_abs_rel=None,
     )
-    if depth_fn is not None:
-        import jax.numpy as jnp
-
+    if depth is not None:
         sub = slice(None, None, CONSISTENCY_STRIDE)
-        n = len(gt[sub])
-        pred = depth_fn(jnp.asarray(gt[sub], jnp.float32) / 255.0, jnp.broadcast_to(jnp.asarray(inst.intrinsics), (n, 3, 3)))
+        pred = depth(gt[sub], np.broadcast_to(inst.intrinsics, (len(gt[sub]), 3, 3)), None, None)
         rec["depth_abs_rel"] = float(np.mean(np.asarray(M.abs_rel(pred, inst.depth[sub], keep[sub]))))
     return rec
 
@@ -438,6 +436,11 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
         raise InputError(f"evaluate: unknown revisit criteria {sorted(set(criteria) - set(defaults))}; "
                          f"known: {sorted(defaults)}")
     frames = num_frames_for_chunks(chunks)
+    depth = None
+    if depth_fn is not None:
+        from mirage_jax.generate.providers import JaxDepth
+
+        depth = JaxDepth(depth_fn)  # jitted once: every instance's frames have the same shape
     rows = []
     for item in tqdm(suite, desc="evaluate", unit="trajectory", disable=not progress):
         if isinstance(item, Instance):
@@ -455,7 +458,7 @@ def evaluate(generate_fn: Callable[[Instance], np.ndarray], suite, *, image_hw=(
         if video.shape != inst.frames.shape or video.dtype != np.uint8:
             raise InputError(f"evaluate: generate_fn returned {video.dtype} {list(video.shape)} for {entry.name}; "
                              f"expected uint8 {list(inst.frames.shape)}")
-        rec = _evaluate_instance(inst, video, depth_fn, criteria)
+        rec = _evaluate_instance(inst, video, depth, criteria)
         last = getattr(generate_fn, "last_result", None)
         rec.update(rollout_record(last) if last is not None else dict.fromkeys(_MEMORY_FIELDS))
         rec["seconds"] = seconds
