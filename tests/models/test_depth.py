@@ -40,7 +40,7 @@ def test_abs_rel_hand_computed():
     np.testing.assert_allclose(np.asarray(abs_rel(pred, gt)), [0.25], rtol=1e-6)
     with pytest.raises(InputError, match="no valid"):
         abs_rel(pred, np.zeros_like(gt))
-    with pytest.raises(InputError, match="share a shape"):
+    with pytest.raises(InputError, match="one shape"):
         abs_rel(pred[0], gt)
 
 

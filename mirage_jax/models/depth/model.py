@@ -3,7 +3,7 @@
     net = DepthNet(DepthConfig(), rngs=nnx.Rngs(0))
     depth = net(images)              # images f32 [B, H, W, 3] in [0, 1] -> z-depth f32 [B, H, W] (> 0)
     loss = depth_loss(net, images, true_depth)   # L1 in log-depth over valid pixels (depth > 0)
-    abs_rel(depth, true_depth)       # mean |d - d*| / d* over valid pixels, per image
+    abs_rel(depth, true_depth)       # mirage_jax.eval.metrics.abs_rel: mean |d - d*| / d* over valid pixels
 
 Architecture: ``levels`` stages of (two 3x3 conv + GroupNorm + SiLU) with 2x2 average-pool
 down and nearest-neighbour up plus skip connections; the head predicts ``log(depth)``
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mirage_jax.errors import ConfigError, InputError
+from mirage_jax.eval.metrics import abs_rel
 
 __all__ = ["DepthConfig", "DepthNet", "depth_loss", "abs_rel"]
 
@@ -42,7 +43,9 @@ class DepthConfig:
             raise ConfigError(f"DepthConfig: base {self.base} must be a positive multiple of groups {self.groups}, levels >= 1")
 
     def num_params(self) -> int:
-        return sum(x.size for x in jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: DepthNet(self, rngs=nnx.Rngs(0))), nnx.Param)))
+        from mirage_jax.models.wan.dit import count_params
+
+        return count_params(nnx.eval_shape(lambda: DepthNet(self, rngs=nnx.Rngs(0))))
 
 
 def _names(*names) -> dict:
@@ -112,18 +115,3 @@ def depth_loss(net: DepthNet, images: jax.Array, depth: jax.Array) -> jax.Array:
     valid = jnp.isfinite(depth) & (depth > 0)
     err = jnp.abs(net.log_depth(images) - jnp.log(jnp.where(valid, depth, 1.0)))
     return jnp.sum(jnp.where(valid, err, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
-
-
-def abs_rel(pred, depth) -> jax.Array:
-    """Absolute relative error per image: mean |pred - depth| / depth over valid pixels (finite
-    depth > 0) of [..., H, W] maps -> f32 [...]. An image without a valid pixel raises on
-    concrete input (0 / 0), gives NaN under jit."""
-    pred, depth = jnp.asarray(pred, jnp.float32), jnp.asarray(depth, jnp.float32)
-    if pred.shape != depth.shape or pred.ndim < 2:
-        raise InputError(f"abs_rel: depth maps must share a shape [..., H, W], got {pred.shape} and {depth.shape}")
-    valid = jnp.isfinite(depth) & (depth > 0)
-    count = jnp.sum(valid, axis=(-2, -1))
-    if not isinstance(count, jax.core.Tracer) and bool(jnp.any(count == 0)):
-        raise InputError("abs_rel: an image has no valid ground-truth depth (finite, > 0)")
-    err = jnp.where(valid, jnp.abs(pred - depth) / jnp.where(valid, depth, 1.0), 0.0)
-    return jnp.sum(err, axis=(-2, -1)) / count
