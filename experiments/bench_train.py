@@ -448,10 +448,10 @@ def _summary(t: dict) -> dict:
 
 def part_compare(args, peak: Peak) -> dict:
     """Stages 1 and 2: JAX vs torch, interleaved."""
-    import jax
     from flax import nnx
 
     from mirage_jax.models.mirage import trainable_filter
+    from mirage_jax.models.wan.dit import count_params
     from mirage_jax.models.wan.layers import WanRuntime
 
     runners, info = {}, {}
@@ -478,7 +478,7 @@ def part_compare(args, peak: Peak) -> dict:
         js = JaxStepper(cfg, WanRuntime(), stage, 0, inputs, source)
         trainable = nnx.state(js.state["model"], trainable_filter(stage))
         row["jax"] = {"compile_s": js.compile_s, "memory": js.memory,
-                      "trainable_params": int(sum(x.size for x in jax.tree.leaves(trainable)))}
+                      "trainable_params": count_params(trainable)}
         if source is not None:
             row["max_abs_diff_forward"] = float(np.abs(_jax_forward(cfg, inputs, source) - y_torch).max())
             row["forward_scale"] = float(np.abs(y_torch).max())

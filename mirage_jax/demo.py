@@ -65,7 +65,7 @@ def demo_world(seed: int, image_hw, num_chunks: int, fov_deg: float = 60.0, fps:
 def per_frame_psnr(a, b) -> np.ndarray:
     from mirage_jax.eval.metrics import psnr
 
-    return np.asarray(psnr(np.asarray(a, np.float32) / 255.0, np.asarray(b, np.float32) / 255.0, max_val=1.0))
+    return np.asarray(psnr(a, b, max_val=255.0))
 
 
 def run_demo(weights="weights/small", out="outputs/demo", *, seed: int = DEMO_SEED, num_chunks: int = 3,
