@@ -19,7 +19,8 @@ frames the causal decoder never sees a chunk whose cache comes from a previous 4
 and every frame after the 5th decodes badly). The residual (Wan2.2) blocks matter at this budget:
 after 50 steps of 9-frame training (32 x 32 crops, same schedule) the held-out reconstruction was
 12.8 dB with them against 12.0 dB without (Wan2.1-style blocks, dim_mult (1, 2, 4)), with frames
-1-4 no worse than frame 0 instead of worse. The DiT step at 832 tokens is ~0.5 s unloaded.
+1-4 no worse than frame 0 instead of worse. The DiT step at 832 tokens is ~0.3 s (the full
+run's backbone: 2000 steps in 645 s on the 2-core CPU shared with other jobs).
 
 ``steps_scale`` (``--scale`` of the driver) multiplies every part's step count: 1.0 is the
 full budget (<= 90 minutes on the 2-core CPU); a reduced run says so in the model card.

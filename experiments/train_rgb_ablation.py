@@ -21,8 +21,8 @@ part is skipped), all under ``WORKDIR/rgb/`` with their own ``report.json``:
    latent run recorded for its stage 1 and stage 2 (``--scale`` multiplies the steps; both are
    recorded in the report);
 3. the bundle (``--out``, not committed): :func:`mirage_jax.small.save_bundle` with the latent
-   run's VAE, depth model and text encoder; ``config.json`` holds ``"control_source": "rgb"``.
-   Generate with it through ``RolloutConfig(memory_kind="rgb")``.
+   run's VAE, depth model and text encoder; ``config.json`` holds ``"control_source": "rgb"``, so
+   its pipeline rolls out with the RGB cache (``Pipeline.control_source``).
 
 A controlled comparison at a smaller budget (what the session that resolved issue 10 ran): both
 variants' stage 1 only, the same steps from the same backbone, data order and seed::
@@ -117,14 +117,14 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     from mirage_jax.data.latents import RGBControlEncoder
 
-    if source == "rgb":
-        rgb_control = RGBControlEncoder(vae, num_target=d.num_target, max_preceding=d.max_preceding)
-        data, consts = run.latents(vae, text, rgb_control)
-    else:  # the twin trains on the latent run's own records
-        base.report = latent_run_settings(workdir, wait=args.wait)  # (re)read: its records precede its backbone
-        data, consts = base.latents(vae, text)
-    # the latent run's report as it is now: `base` must never write back a copy read before a wait
+    if source == "rgb":  # its records first: they need only the VAE (the latent run may still be training)
+        data, consts = run.latents(vae, text, RGBControlEncoder(vae, num_target=d.num_target,
+                                                                 max_preceding=d.max_preceding))
+    # the latent run's report as it is now (its backbone done): `base` must never write back a copy
+    # read before a wait
     base.report = latent_run_settings(workdir, wait=args.wait)
+    if source == "latent":  # the twin trains on the latent run's own records
+        data, consts = base.latents(vae, text)
     trainer = run.dit_part("stage1", 1, run.steps(budget["stage1"]["steps"], "stage1"),
                            budget["stage1"]["learning_rate"], data, consts, need_model=args.stages == 1,
                            init_backbone=str((workdir / "backbone_dit").absolute()))

@@ -8,7 +8,8 @@ same ``--workdir``; a finished part is skipped):
 1. ``worlds``: render the training clips (scene seeds [seed_offset, seed_offset + num_clips),
    disjoint from the held-out worlds) with :mod:`mirage_jax.data.worlds`;
 2. ``vae``: train the small Wan VAE (L1 reconstruction + a small KL) on random crops of single
-   frames, then of 9-frame clips (warm-up + cosine learning rate), then measure its latent statistics (``latents_mean`` / ``latents_std``);
+   frames, then of 9-frame clips (warm-up + cosine learning rate), then measure its latent
+   statistics (``latents_mean`` / ``latents_std``);
 3. ``latents``: encode every clip with it (:func:`mirage_jax.data.latents.preprocess`) with the
    frozen tiny umT5 captions, plus the score latent and the empty prompt's embedding;
 4. ``backbone``: pretrain the WanDiT as a plain video model through :class:`mirage_jax.train.Trainer`
@@ -210,7 +211,8 @@ class Run:
         nnx.update(trained, nnx.state(vae, nnx.Param))
         save_model(final, trained, force=True)
         psnr = self._vae_heldout(trained)
-        self.record("vae", time.perf_counter() - t0, steps=steps, image_steps=image_steps, final_loss=log[-1]["loss"] if log else None,
+        self.record("vae", time.perf_counter() - t0, steps=steps, image_steps=image_steps,
+                    final_loss=log[-1]["loss"] if log else None,
                     loss_log=log[:: max(1, len(log) // 50)], heldout_recon_psnr=psnr,
                     config=json.loads(json.dumps(dataclasses.asdict(cfg))), done=True)
         return trained
